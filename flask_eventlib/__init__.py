@@ -1,0 +1,39 @@
+"""flask-eventlib: log events anywhere in a Flask app; Celery workers run their handlers."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .events import BaseEvent, EventData
+from .exceptions import (
+    ConfigurationError,
+    EventlibError,
+    EventNotFound,
+    SerializationError,
+    ValidationError,
+)
+from .extension import EventLib, log
+from .handlers import handler
+from .registry import Registry
+from .serialization import Codec, register_type
+
+try:
+    __version__ = version("flask-eventlib")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BaseEvent",
+    "Codec",
+    "ConfigurationError",
+    "EventData",
+    "EventLib",
+    "EventNotFound",
+    "EventlibError",
+    "Registry",
+    "SerializationError",
+    "ValidationError",
+    "handler",
+    "log",
+    "register_type",
+]

@@ -1,0 +1,147 @@
+"""``BaseEvent``: an event's data, its validation and the handlers it runs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .exceptions import ValidationError
+from .handlers import is_marked
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+class EventData(dict):  # type: ignore[type-arg]
+    """An event's data: a plain ``dict`` that can also be called as the spec writes it.
+
+    ``event.data("key")`` is ``event.data.get("key")``.
+    """
+
+    def __call__(self, key: str, default: Any = None) -> Any:
+        return self.get(key, default)
+
+
+class BaseEvent:
+    """Base class of every event.
+
+    Subclasses live in the ``events`` module of a blueprint's package; the class ``DealClick`` in
+    the ``deals`` blueprint's package is the event ``"deals.DealClick"``.
+
+    :param data: the event's data (a dict).
+    :param id: the event id; one is made when ``log()`` creates the event.
+    :param context: server-side facts about the event (e.g. the client address), not its data.
+    """
+
+    #: A Marshmallow schema (class or instance); the default :meth:`clean` loads data through it.
+    schema: ClassVar[Any] = None
+    #: Whether browsers may log this event through the HTTP endpoint.
+    public: ClassVar[bool] = False
+    #: The event's name, ``"app.ClassName"``; set when the event is registered.
+    name: str | None = None
+
+    #: Names of the methods marked with ``@handler``, base classes' first.
+    _method_handler_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if attr not in names and is_marked(value):
+                    names.append(attr)
+        # An override without @handler takes the method out of the handlers.
+        cls._method_handler_names = tuple(n for n in names if is_marked(getattr(cls, n)))
+
+    def __init__(
+        self,
+        data: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        context: dict[str, Any] | None = None,
+        logged_at: _dt.datetime | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.data: EventData = EventData(data or {})
+        self.id = id
+        self.context: dict[str, Any] = context or {}
+        self.logged_at = logged_at
+        self._registry = registry
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} id={self.id}>"
+
+    # -- validation -------------------------------------------------------------------------
+
+    def clean(self) -> dict[str, Any] | None:
+        """Validate or transform ``self.data`` before the event is sent.
+
+        Change ``self.data`` in place or return a new dict, which replaces it; raise
+        :class:`~flask_eventlib.ValidationError` to refuse the event. The default loads the data
+        through :attr:`schema` when one is set.
+        """
+        if self.schema is not None:
+            from .schemas import load
+
+            return load(self.schema, self.data)
+        return None
+
+    def require_data_keys(self, keys: Iterable[str]) -> None:
+        """Raise :class:`~flask_eventlib.ValidationError` naming the keys missing from the data.
+
+        :param keys: the required keys; missing ones are reported in this order.
+        """
+        missing = [key for key in keys if key not in self.data]
+        if missing:
+            raise ValidationError(
+                f"The following keys are missing: {', '.join(missing)}",
+                messages={key: ["Missing data for required field."] for key in missing},
+            )
+
+    def full_clean(self) -> None:
+        """Run :meth:`clean` and apply what it returns."""
+        cleaned = self.clean()
+        if cleaned is not None:
+            if not isinstance(cleaned, dict):
+                raise TypeError(
+                    f"{type(self).__name__}.clean() returned {type(cleaned).__name__}; "
+                    "return a dict, or None after changing self.data in place"
+                )
+            self.data = cleaned if isinstance(cleaned, EventData) else EventData(cleaned)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def registered_handlers(self) -> list[Callable[..., Any]]:
+        """The handlers of this event, in the order they run.
+
+        Method handlers first (declaration order, inherited ones included), bound to this event
+        and called with no arguments; then function handlers of this event's name (registration
+        order), then wildcard handlers (``app.*``, then ``*``), each called with the event.
+        """
+        methods: list[Callable[..., Any]] = [getattr(self, n) for n in self._method_handler_names]
+        return methods + self._function_handlers()
+
+    def _function_handlers(self) -> list[Callable[..., Any]]:
+        if self.name is None:
+            return []
+        if self._registry is not None:
+            return self._registry.function_handlers(self.name)
+        from .registry import default_registry
+
+        return default_registry.function_handlers(self.name)
+
+    def _handler_calls(self) -> list[tuple[str, Callable[[], Any]]]:
+        """``(label, zero-argument call)`` for each handler, in run order."""
+        calls: list[tuple[str, Callable[[], Any]]] = []
+        cls = type(self)
+        for attr in self._method_handler_names:
+            calls.append((f"{cls.__module__}.{cls.__qualname__}.{attr}", getattr(self, attr)))
+        for func in self._function_handlers():
+            label = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+            calls.append((label, _bind(func, self)))
+        return calls
+
+
+def _bind(func: Callable[[BaseEvent], Any], event: BaseEvent) -> Callable[[], Any]:
+    return lambda: func(event)

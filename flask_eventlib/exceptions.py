@@ -1,0 +1,39 @@
+"""The error hierarchy: one base class, each error naming what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EventlibError(Exception):
+    """Base class of every error raised by flask-eventlib."""
+
+
+class ConfigurationError(EventlibError, RuntimeError):
+    """The extension, an event or a handler is set up wrongly."""
+
+
+class EventNotFound(EventlibError, LookupError):
+    """No event is registered under the name given to ``log()``."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        #: The name that was looked up.
+        self.name = name
+
+
+class ValidationError(EventlibError, ValueError):
+    """An event's data was refused by ``clean()``, ``require_data_keys()`` or its schema.
+
+    :param message: a sentence, or a dict / list of messages (as Marshmallow gives them).
+    :param messages: the structured messages; defaults to ``message``.
+    """
+
+    def __init__(self, message: Any, *, messages: Any = None) -> None:
+        super().__init__(message)
+        #: The structured messages, e.g. ``{"deal_id": ["Not a valid integer."]}``.
+        self.messages: Any = message if messages is None else messages
+
+
+class SerializationError(EventlibError, TypeError):
+    """A value in an event's data cannot be serialized (or a payload cannot be decoded)."""

@@ -1,0 +1,180 @@
+"""Fixtures: a real Redis, real Celery worker processes (Redis and RabbitMQ), sample apps.
+
+The README's test command (``./dev.sh test``) makes sure Redis and RabbitMQ are reachable and
+exports their URLs; running pytest by hand uses the same defaults as this machine's services.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from flask import Flask
+
+from tests.sample import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("EVENTLIB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("EVENTLIB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BROKERS = {"redis": REDIS_URL, "amqp": AMQP_URL}
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out after {timeout}s waiting for {what or check}")
+        time.sleep(interval)  # polling interval with a deadline, not a wait for work
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(
+            f"No Redis at {REDIS_URL} ({exc}). Run the tests with ./dev.sh test, which starts a "
+            "private redis-server when none is reachable, or set EVENTLIB_TEST_REDIS_URL."
+        )
+    return client
+
+
+class Records:
+    """The entries sample handlers appended to one Redis list."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.client = client
+        self.key = key
+
+    def all(self) -> list[dict[str, Any]]:
+        return [json.loads(item) for item in self.client.lrange(self.key, 0, -1)]
+
+    def for_id(self, event_id: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.all() if entry["id"] == event_id]
+
+    def handlers_for(self, event_id: str) -> list[str]:
+        return [entry["handler"] for entry in self.for_id(event_id)]
+
+    def wait_handlers(self, event_id: str, count: int, timeout: float = 30.0) -> list[str]:
+        """Wait until ``count`` handlers recorded the event; return their names in order."""
+        return wait_for(
+            lambda: len(self.for_id(event_id)) >= count and self.handlers_for(event_id),
+            timeout=timeout,
+            what=f"{count} handler records for event {event_id}",
+        )
+
+
+@pytest.fixture
+def records(redis_client: redis.Redis) -> Iterator[Records]:
+    key = f"eventlib-test:records:{uuid.uuid4().hex}"
+    yield Records(redis_client, key)
+    redis_client.delete(key)
+
+
+@pytest.fixture
+def eager_app(records: Records) -> Flask:
+    """The sample app processing events in the caller (no broker involved)."""
+    return create_app(
+        EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key
+    )
+
+
+@dataclass
+class Worker:
+    """A real ``celery worker`` process for the sample app, and the app to log events from."""
+
+    broker: str
+    broker_url: str
+    queue: str
+    records: Records
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    app: Flask
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(
+    broker_url: str, queue: str, record_key: str, log_path: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SAMPLE_BROKER_URL": broker_url,
+        "SAMPLE_QUEUE": queue,
+        "SAMPLE_RECORD_KEY": record_key,
+        "EVENTLIB_TEST_REDIS_URL": REDIS_URL,
+    }
+    # The ordinary worker command, no -Q: the extension makes the worker consume the events queue.
+    command = [sys.executable, "-m", "celery", "-A", "tests.sample.worker:celery", "worker"]
+    command += ["--loglevel=INFO", "--concurrency=2", "--hostname", f"{queue}@%h", *extra]
+    with log_path.open("wb") as output:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_worker_ready(worker_process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+    def ready() -> bool:
+        if worker_process.poll() is not None:
+            pytest.fail(f"The worker exited with {worker_process.returncode}:\n{log_path.read_text()}")
+        return " ready." in log_path.read_text(errors="replace")
+
+    wait_for(ready, timeout=timeout, what=f"the worker to be ready (log: {log_path})")
+
+
+@pytest.fixture(scope="session", params=sorted(BROKERS))
+def worker(
+    request: pytest.FixtureRequest, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    broker = request.param
+    broker_url = BROKERS[broker]
+    queue = f"eventlib-test-{broker}-{uuid.uuid4().hex[:8]}"
+    record_key = f"eventlib-test:records:{queue}"
+    log_path = tmp_path_factory.mktemp("worker") / f"{broker}.log"
+    app = create_app(EVENTLIB_BROKER_URL=broker_url, EVENTLIB_QUEUE=queue, SAMPLE_RECORD_KEY=record_key)
+    try:
+        with app.extensions["eventlib"].celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        pytest.fail(
+            f"No {broker} broker at {broker_url} ({exc}). Run the tests with ./dev.sh test, which "
+            "starts or installs the brokers, or set EVENTLIB_TEST_REDIS_URL / EVENTLIB_TEST_AMQP_URL."
+        )
+    process = start_worker(broker_url, queue, record_key, log_path)
+    try:
+        wait_worker_ready(process, log_path)
+        yield Worker(broker, broker_url, queue, Records(redis_client, record_key), log_path, process, app)
+    finally:
+        stop_process(process)
+        redis_client.delete(record_key)
+        if broker == "amqp":
+            with app.extensions["eventlib"].celery.connection_for_write() as conn:
+                conn.default_channel.queue_delete(queue)

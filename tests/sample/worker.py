@@ -1,0 +1,19 @@
+"""The module a test worker starts from: ``celery -A tests.sample.worker:celery worker``.
+
+Configured from the environment by the test that starts it.
+"""
+
+import os
+
+from flask_eventlib import EventLib
+
+from . import create_app
+
+eventlib = EventLib()
+app = create_app(
+    eventlib,
+    EVENTLIB_BROKER_URL=os.environ["SAMPLE_BROKER_URL"],
+    EVENTLIB_QUEUE=os.environ["SAMPLE_QUEUE"],
+    SAMPLE_RECORD_KEY=os.environ["SAMPLE_RECORD_KEY"],
+)
+celery = eventlib.celery

@@ -68,11 +68,7 @@ class Registry:
             module = importlib.import_module(module)
         names = []
         for _, value in inspect.getmembers(module, inspect.isclass):
-            if (
-                issubclass(value, BaseEvent)
-                and value is not BaseEvent
-                and value.__module__ == module.__name__
-            ):
+            if issubclass(value, BaseEvent) and value is not BaseEvent and value.__module__ == module.__name__:
                 names.append(self.register_event(label, value))
         # The label exists even with no events, so "no event X in the Y app" stays accurate.
         self._labels.add(label)
@@ -101,7 +97,7 @@ class Registry:
             return self._events[name]
         except (KeyError, TypeError):
             pass
-        if not isinstance(name, str) or name.count(".") != 1:
+        if not isinstance(name, str) or name.count(".") != 1 or "" in name.split("."):
             raise EventNotFound(
                 f"{name!r} is not an event name: expected 'app.EventName', e.g. 'deals.DealClick'",
                 name=name if isinstance(name, str) else None,

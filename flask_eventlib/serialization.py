@@ -45,9 +45,7 @@ class Codec:
         self._dumpers: dict[type, tuple[str, Callable[[Any], Any]]] = {}
         self._loaders: dict[str, Callable[[Any], Any]] = {}
 
-    def register_type(
-        self, cls: type, tag: str, *, dump: Callable[[Any], Any], load: Callable[[Any], Any]
-    ) -> None:
+    def register_type(self, cls: type, tag: str, *, dump: Callable[[Any], Any], load: Callable[[Any], Any]) -> None:
         """Teach the codec a type.
 
         :param cls: the type; its subclasses use the same tag unless registered themselves.

@@ -60,19 +60,20 @@ def bind_task(celery: Celery, queue: str, run: Callable[[list[str]], Any]) -> An
             celery.main,
         )
 
-    # Celery keeps one task per name: a second bind (another Flask app on the same Celery app)
-    # replaces the runner rather than the task.
+    # One task per name per Celery app: a second bind (another Flask app on the same Celery app)
+    # replaces the runner, not the task.
     celery.__dict__["_eventlib_run"] = run
-
-    def process_events(messages: list[str]) -> int:
-        if not isinstance(messages, list):
-            messages = [messages]
-        celery.__dict__["_eventlib_run"](messages)
-        return len(messages)
-
-    task = celery.task(name=TASK_NAME, ignore_result=True, serializer="json")(process_events)
+    task = celery.task(name=TASK_NAME, bind=True, shared=False, ignore_result=True, serializer="json")(process_events)
     _consume(celery, queue)
     return task
+
+
+def process_events(task: Any, messages: list[str]) -> int:
+    """The events task: hand a list of encoded events to the runner bound to this Celery app."""
+    if not isinstance(messages, list):
+        messages = [messages]
+    task.app.__dict__["_eventlib_run"](messages)
+    return len(messages)
 
 
 def _accepted(celery: Celery) -> set[str]:

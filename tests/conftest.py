@@ -91,9 +91,7 @@ def records(redis_client: redis.Redis) -> Iterator[Records]:
 @pytest.fixture
 def eager_app(records: Records) -> Flask:
     """The sample app processing events in the caller (no broker involved)."""
-    return create_app(
-        EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key
-    )
+    return create_app(EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key)
 
 
 @dataclass
@@ -113,18 +111,26 @@ class Worker:
 
 
 def start_worker(
-    broker_url: str, queue: str, record_key: str, log_path: Path, *extra: str
+    broker_url: str,
+    queue: str,
+    record_key: str,
+    log_path: Path,
+    *extra: str,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start a worker process for the sample app (``tests/sample/worker.py`` reads the settings)."""
     env = {
         **os.environ,
         "SAMPLE_BROKER_URL": broker_url,
         "SAMPLE_QUEUE": queue,
         "SAMPLE_RECORD_KEY": record_key,
         "EVENTLIB_TEST_REDIS_URL": REDIS_URL,
+        **(env or {}),
     }
     # The ordinary worker command, no -Q: the extension makes the worker consume the events queue.
-    command = [sys.executable, "-m", "celery", "-A", "tests.sample.worker:celery", "worker"]
-    command += ["--loglevel=INFO", "--concurrency=2", "--hostname", f"{queue}@%h", *extra]
+    command = command or [sys.executable, "-m", "celery", "-A", "tests.sample.worker:celery", "worker"]
+    command = [*command, "--loglevel=INFO", "--concurrency=2", "--hostname", f"{queue}@%h", *extra]
     with log_path.open("wb") as output:
         return subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True

@@ -57,9 +57,7 @@ def test_a_failing_handler_is_logged_and_the_others_run(worker: Worker) -> None:
         what="the failure in the worker's log",
     )
     failure = text[
-        text.index(
-            f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id})"
-        ) :
+        text.index(f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id})") :
     ]
     assert "Traceback (most recent call last)" in failure
     assert f"RuntimeError: boom for {marker}" in failure
@@ -75,3 +73,14 @@ def test_schema_loaded_data_reaches_the_worker(worker: Worker) -> None:
     assert entry["handler"] == "Purchase.store"
     assert entry["data"] == {"deal_id": "42", "amount": "Decimal('19.90')", "coupon": "None"}
     assert entry["types"]["deal_id"] == "int"
+
+
+def test_a_pickled_message_is_refused_by_the_worker(worker: Worker) -> None:
+    state = worker.app.extensions["eventlib"]
+    with worker.app.app_context():
+        pickled = state.dispatcher.encode(state.dispatcher.build("deals.DealClick", {"deal_id": "pickled"}))
+        state.task.apply_async(args=([pickled],), queue=worker.queue, serializer="pickle")
+        after = log("deals.DealClick", {"deal_id": "after"})
+    worker.records.wait_handlers(after, 4)
+    wait_for(lambda: "untrusted content of type pickle" in worker.log_text(), what="the refusal in the log")
+    assert not any(entry["data"].get("deal_id") == "'pickled'" for entry in worker.records.all())

@@ -1,6 +1,7 @@
 """The module a test worker starts from: ``celery -A tests.sample.worker:celery worker``.
 
-Configured from the environment by the test that starts it.
+Configured from the environment by the test that starts it; without ``SAMPLE_BROKER_URL`` it uses
+the embedded filesystem broker in ``SAMPLE_FS_DIR``.
 """
 
 import os
@@ -12,7 +13,8 @@ from . import create_app
 eventlib = EventLib()
 app = create_app(
     eventlib,
-    EVENTLIB_BROKER_URL=os.environ["SAMPLE_BROKER_URL"],
+    EVENTLIB_BROKER_URL=os.environ.get("SAMPLE_BROKER_URL") or None,
+    EVENTLIB_FILESYSTEM_BROKER_DIR=os.environ.get("SAMPLE_FS_DIR"),
     EVENTLIB_QUEUE=os.environ["SAMPLE_QUEUE"],
     SAMPLE_RECORD_KEY=os.environ["SAMPLE_RECORD_KEY"],
 )

@@ -1,0 +1,247 @@
+"""log() in the caller: validation, serialization errors, eager mode, and the extension's set-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from flask import Flask
+
+from flask_eventlib import (
+    BaseEvent,
+    ConfigurationError,
+    EventLib,
+    EventNotFound,
+    Registry,
+    SerializationError,
+    ValidationError,
+    log,
+)
+from flask_eventlib.tasks import TASK_NAME
+from tests.conftest import REDIS_URL, Records
+from tests.sample import create_app
+
+
+def test_log_returns_the_event_id_and_runs_handlers_in_eager_mode(eager_app: Flask, records: Records) -> None:
+    with eager_app.app_context():
+        event_id = log("deals.DealClick", {"deal_id": 3})
+    assert isinstance(event_id, str) and uuid.UUID(event_id)
+    assert records.handlers_for(event_id) == [
+        "DealClick.first",
+        "DealClick.second",
+        "handlers.on_click",
+        "handlers.audit",
+    ]
+    assert all(entry["pid"] == os.getpid() for entry in records.for_id(event_id))
+
+
+def test_log_never_changes_the_callers_data(eager_app: Flask, records: Records) -> None:
+    data: dict[str, Any] = {"word": "hi", "nested": {"k": [1]}}
+    with eager_app.app_context():
+        event_id = log("deals.Renamed", data)
+    assert data == {"word": "hi", "nested": {"k": [1]}}
+    assert records.for_id(event_id)[0]["data"] == {"upper": "'HI'"}
+
+
+def test_clean_changes_in_place_do_not_reach_the_caller() -> None:
+    class Mutating(BaseEvent):
+        def clean(self) -> None:
+            self.data["added"] = True
+            self.data["nested"]["inner"] = "changed"
+
+    registry = Registry()
+    registry.register_event("m", Mutating)
+    app = Flask("m")
+    EventLib(app, registry=registry, always_eager=True, broker_url="memory://")
+    data: dict[str, Any] = {"nested": {"inner": "original"}}
+    with app.app_context():
+        log("m.Mutating", data)
+    assert data == {"nested": {"inner": "original"}}
+
+
+def test_require_data_keys_names_missing_keys_in_order(eager_app: Flask, records: Records) -> None:
+    event = BaseEvent({"deal_id": 1})
+    with pytest.raises(ValidationError) as info:
+        event.require_data_keys(["deal_id", "user_id", "code"])
+    assert str(info.value) == "The following keys are missing: user_id, code"
+    with (
+        eager_app.app_context(),
+        pytest.raises(ValidationError, match="^The following keys are missing: plan$"),
+    ):
+        log("users.SignedUp", {"email": "a@example.com"})
+    assert records.all() == []
+
+
+def test_schema_loads_the_data_handlers_receive(eager_app: Flask, records: Records) -> None:
+    with eager_app.app_context():
+        event_id = log("deals.Purchase", {"deal_id": "42", "amount": "1.50"})
+    entry = records.for_id(event_id)[0]
+    assert entry["data"] == {"deal_id": "42", "amount": "Decimal('1.50')", "coupon": "None"}
+    assert entry["types"]["deal_id"] == "int"
+
+
+def test_schema_errors_become_validation_errors_with_messages(eager_app: Flask, records: Records) -> None:
+    with eager_app.app_context(), pytest.raises(ValidationError) as info:
+        log("deals.Purchase", {"deal_id": "forty-two"})
+    assert info.value.messages == {
+        "deal_id": ["Not a valid integer."],
+        "amount": ["Missing data for required field."],
+    }
+    assert "deal_id: Not a valid integer." in str(info.value)
+    assert records.all() == []
+
+
+def test_data_must_be_a_dict(eager_app: Flask) -> None:
+    with eager_app.app_context(), pytest.raises(ValidationError, match="must be a dict, not list"):
+        log("deals.Typed", [1, 2])  # type: ignore[arg-type]
+
+
+def test_event_data_is_callable_as_the_spec_writes_it() -> None:
+    event = BaseEvent({"key": "value"})
+    assert event.data("key") == "value"
+    assert event.data("missing") is None
+    assert event.data["key"] == "value"
+
+
+def test_unserializable_data_raises_type_error_naming_key_and_type(eager_app: Flask, records: Records) -> None:
+    with eager_app.app_context(), pytest.raises(TypeError) as info:
+        log("deals.Typed", {"ok": 1, "when": {"at": object()}})
+    assert isinstance(info.value, SerializationError)
+    assert "deals.Typed data['when']['at']" in str(info.value)
+    assert "builtins.object" in str(info.value)
+    assert records.all() == []
+
+
+def test_unknown_event(eager_app: Flask) -> None:
+    with eager_app.app_context(), pytest.raises(EventNotFound) as info:
+        log("deals.Nope", {})
+    assert str(info.value) == "There is no event named Nope in the deals app"
+
+
+@pytest.fixture
+def redis_app(redis_client: redis.Redis, records: Records) -> Iterator[tuple[Flask, str]]:
+    queue = f"eventlib-test-noworker-{uuid.uuid4().hex[:8]}"
+    app = create_app(EVENTLIB_BROKER_URL=REDIS_URL, EVENTLIB_QUEUE=queue, SAMPLE_RECORD_KEY=records.key)
+    yield app, queue
+    redis_client.delete(queue)
+
+
+def test_nothing_is_enqueued_when_validation_or_encoding_fails(
+    redis_app: tuple[Flask, str], redis_client: redis.Redis
+) -> None:
+    app, queue = redis_app
+    with app.app_context():
+        with pytest.raises(ValidationError):
+            log("deals.DealClick", {})
+        with pytest.raises(TypeError):
+            log("deals.Typed", {"x": object()})
+        with pytest.raises(EventNotFound):
+            log("deals.Missing")
+        assert redis_client.llen(queue) == 0
+        log("deals.DealClick", {"deal_id": 1})
+    assert redis_client.llen(queue) == 1
+
+
+def test_eager_handler_errors_are_logged_not_raised(
+    eager_app: Flask, records: Records, caplog: pytest.LogCaptureFixture
+) -> None:
+    with eager_app.app_context(), caplog.at_level(logging.ERROR, logger="flask_eventlib"):
+        event_id = log("deals.Flaky", {"n": 1})
+    assert records.handlers_for(event_id) == ["Flaky.after", "handlers.flaky_function", "handlers.audit"]
+    failures = [r for r in caplog.records if r.name == "flask_eventlib" and r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in failures] == [
+        f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id})",
+        f"Handler tests.sample.handlers.flaky_function_fails failed for event deals.Flaky (id {event_id})",
+    ]
+    assert failures[0].exc_info is not None and isinstance(failures[0].exc_info[1], RuntimeError)
+    assert failures[0].event_id == event_id  # type: ignore[attr-defined]
+
+
+def test_eager_propagate_raises_after_every_handler_ran(records: Records) -> None:
+    app = create_app(
+        EVENTLIB_ALWAYS_EAGER=True,
+        EVENTLIB_PROPAGATE_ERRORS=True,
+        EVENTLIB_BROKER_URL="memory://",
+        SAMPLE_RECORD_KEY=records.key,
+    )
+    with app.app_context(), pytest.raises(RuntimeError, match="boom for 5"):
+        log("deals.Flaky", {"n": 5})
+    assert [e["handler"] for e in records.all()] == [
+        "Flaky.after",
+        "handlers.flaky_function",
+        "handlers.audit",
+    ]
+
+
+def test_eager_mode_still_round_trips_through_the_codec(eager_app: Flask) -> None:
+    with eager_app.app_context(), pytest.raises(TypeError, match="data\\['bad'\\]"):
+        log("deals.Typed", {"bad": {1, object()}})
+
+
+def test_log_needs_an_app_context_and_the_extension() -> None:
+    with pytest.raises(ConfigurationError, match="needs a Flask application context"):
+        log("deals.DealClick", {"deal_id": 1})
+    app = Flask("bare")
+    with (
+        app.app_context(),
+        pytest.raises(ConfigurationError, match="not initialised on the Flask app 'bare'"),
+    ):
+        log("deals.DealClick", {"deal_id": 1})
+
+
+def test_second_init_app_is_an_error() -> None:
+    app = create_app(EVENTLIB_BROKER_URL="memory://")
+    with pytest.raises(ConfigurationError, match="already initialised on the Flask app 'tests.sample'"):
+        EventLib(app)
+
+
+def test_constructor_overrides_beat_config_and_defaults_are_set() -> None:
+    app = Flask("o")
+    app.config["EVENTLIB_QUEUE"] = "from-config"
+    EventLib(app, queue="from-constructor", broker_url="memory://", registry=Registry())
+    assert app.config["EVENTLIB_QUEUE"] == "from-constructor"
+    assert app.config["EVENTLIB_ALWAYS_EAGER"] is False
+    with pytest.raises(TypeError, match="unknown setting 'queues'"):
+        EventLib(queues="x")
+
+
+def test_created_celery_is_json_only_and_consumes_the_events_queue() -> None:
+    app = Flask("c")
+    ext = EventLib(app, broker_url="memory://", registry=Registry())
+    celery = ext.celery
+    with app.app_context():
+        assert ext.celery is celery
+    assert celery.conf.accept_content == ["json"]
+    assert celery.conf.task_serializer == "json"
+    assert [q.name for q in celery.conf.task_queues] == ["eventlib"]
+    assert TASK_NAME in celery.tasks
+
+
+def test_a_celery_app_passed_in_is_used_and_keeps_its_default_queue() -> None:
+    celery = Celery("mine", broker="memory://", set_as_current=False)
+    app = Flask("p")
+    ext = EventLib(app, celery=celery, registry=Registry(), queue="events")
+    assert ext.celery is celery
+    assert TASK_NAME in celery.tasks
+    assert [q.name for q in celery.conf.task_queues] == ["celery", "events"]
+    assert celery.conf.task_routes[TASK_NAME] == {"queue": "events"}
+
+
+def test_a_celery_app_that_refuses_json_is_refused() -> None:
+    celery = Celery("picky", broker="memory://", set_as_current=False)
+    celery.conf.accept_content = ["pickle"]
+    with pytest.raises(ValueError, match="does not accept JSON"):
+        EventLib(Flask("q"), celery=celery, registry=Registry())
+
+
+def test_no_broker_means_the_embedded_filesystem_broker(tmp_path: Any) -> None:
+    app = Flask("fs", instance_path=str(tmp_path))
+    ext = EventLib(app, registry=Registry())
+    assert ext.celery.conf.broker_url == "filesystem://"
+    assert (tmp_path / "eventlib-broker" / "queue").is_dir()

@@ -7,12 +7,13 @@ from importlib.metadata import PackageNotFoundError, version
 from .events import BaseEvent, EventData
 from .exceptions import (
     ConfigurationError,
+    DontRetry,
     EventlibError,
     EventNotFound,
     SerializationError,
     ValidationError,
 )
-from .extension import EventLib, log
+from .extension import EventLib, flush, log
 from .handlers import handler
 from .registry import Registry
 from .serialization import Codec, register_type
@@ -26,6 +27,7 @@ __all__ = [
     "BaseEvent",
     "Codec",
     "ConfigurationError",
+    "DontRetry",
     "EventData",
     "EventLib",
     "EventNotFound",
@@ -33,6 +35,7 @@ __all__ = [
     "Registry",
     "SerializationError",
     "ValidationError",
+    "flush",
     "handler",
     "log",
     "register_type",

@@ -28,6 +28,37 @@ EVENT_MODULES = "EVENTLIB_EVENT_MODULES"
 #: Dotted names of modules to import at ``init_app`` so their ``@handler`` functions register.
 #: Default ``[]``.
 HANDLER_MODULES = "EVENTLIB_HANDLER_MODULES"
+#: Inside a request, keep the request's events and send them together when it ends.
+#: Default ``True``.
+BATCH_REQUESTS = "EVENTLIB_BATCH_REQUESTS"
+#: Send a request's events even when it failed (an exception, or a status of 400 or more).
+#: ``False`` sends them only for successful requests, like publishing after a commit.
+#: Default ``True``.
+SEND_ON_FAILED_REQUEST = "EVENTLIB_SEND_ON_FAILED_REQUEST"
+#: The most events in one broker message. Default ``100``.
+MAX_EVENTS_PER_MESSAGE = "EVENTLIB_MAX_EVENTS_PER_MESSAGE"
+#: Seconds the sender waits for the broker before spooling events locally. Default ``2.0``.
+PUBLISH_TIMEOUT = "EVENTLIB_PUBLISH_TIMEOUT"
+#: The SQLite file where events wait while the broker is down;
+#: default ``<app.instance_path>/eventlib-spool.sqlite3``.
+SPOOL_PATH = "EVENTLIB_SPOOL_PATH"
+#: The most events the spool holds; past that new events are dropped, counted and logged.
+#: Default ``100000``.
+SPOOL_MAX_EVENTS = "EVENTLIB_SPOOL_MAX_EVENTS"
+#: How many times a failing handler is retried (after its first attempt). Default ``3``.
+RETRIES = "EVENTLIB_RETRIES"
+#: Seconds before a handler's first retry; later retries wait twice as long each, with jitter.
+#: Default ``1.0``.
+RETRY_BACKOFF = "EVENTLIB_RETRY_BACKOFF"
+#: The longest wait between two attempts of a handler, in seconds. Default ``300.0``.
+RETRY_BACKOFF_MAX = "EVENTLIB_RETRY_BACKOFF_MAX"
+#: Seconds during which a handler that succeeded for an event id is not run again for a
+#: redelivery or a client retry of the same id; ``0`` turns dedup off. Default ``86400``.
+DEDUP_TTL = "EVENTLIB_DEDUP_TTL"
+#: Where dedup marks and dead letters live: ``redis://...``, ``sqlite:////path`` or
+#: ``memory://``. Default: the broker's Redis, else ``<app.instance_path>/eventlib-store.sqlite3``
+#: (``memory://`` in eager mode).
+STORE_URL = "EVENTLIB_STORE_URL"
 
 DEFAULTS: dict[str, Any] = {
     BROKER_URL: None,
@@ -38,6 +69,17 @@ DEFAULTS: dict[str, Any] = {
     PROPAGATE_ERRORS: False,
     EVENT_MODULES: {},
     HANDLER_MODULES: [],
+    BATCH_REQUESTS: True,
+    SEND_ON_FAILED_REQUEST: True,
+    MAX_EVENTS_PER_MESSAGE: 100,
+    PUBLISH_TIMEOUT: 2.0,
+    SPOOL_PATH: None,
+    SPOOL_MAX_EVENTS: 100_000,
+    RETRIES: 3,
+    RETRY_BACKOFF: 1.0,
+    RETRY_BACKOFF_MAX: 300.0,
+    DEDUP_TTL: 86_400,
+    STORE_URL: None,
 }
 
 

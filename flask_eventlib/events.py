@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -144,4 +145,4 @@ class BaseEvent:
 
 
 def _bind(func: Callable[[BaseEvent], Any], event: BaseEvent) -> Callable[[], Any]:
-    return lambda: func(event)
+    return functools.partial(func, event)

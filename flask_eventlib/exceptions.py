@@ -37,3 +37,10 @@ class ValidationError(EventlibError, ValueError):
 
 class SerializationError(EventlibError, TypeError):
     """A value in an event's data cannot be serialized (or a payload cannot be decoded)."""
+
+
+class DontRetry(EventlibError):
+    """Raise from a handler for a failure no retry can fix: it goes to the dead letters at once.
+
+    ``raise DontRetry("customer 7 was deleted") from error`` keeps the original as its cause.
+    """

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import importlib
+import logging
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, has_request_context, request
 
 from . import config
 from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
-from .publishing import TaskPublisher
+from .publishing import Sender, Spool
 from .registry import Registry, default_registry
 from .serialization import Codec, default_codec
-from .tasks import bind_task, create_celery, filesystem_broker_settings
+from .store import MemoryStore, Store, store_from_url
+from .tasks import bind_task, create_celery, filesystem_broker_settings, make_schedule_retry, make_send
+
+logger = logging.getLogger("flask_eventlib")
 
 EXTENSION_KEY = "eventlib"
 
@@ -29,7 +35,40 @@ class _State:
     dispatcher: Dispatcher
     celery: Any
     task: Any
+    retry_task: Any
     queue: str
+    sender: Sender
+    store: Store | None
+    batch_requests: bool
+    send_on_failed_request: bool
+
+    def publish(self, messages: list[str]) -> None:
+        """Inside a request, keep events for the request's end; elsewhere hand them to the sender."""
+        if self.batch_requests and has_request_context():
+            buffered = request.__dict__.setdefault(_BUFFER, [])
+            buffered.extend(messages)
+        else:
+            self.sender.submit(messages)
+
+    def after_request(self, response: Response) -> Response:
+        if _BUFFER in request.__dict__:
+            request.__dict__[_STATUS] = response.status_code
+        return response
+
+    def teardown_request(self, error: BaseException | None) -> None:
+        """Send the request's events: one hand-over to the sender, which publishes them together."""
+        buffered = request.__dict__.pop(_BUFFER, None)
+        if not buffered:
+            return
+        failed = error is not None or request.__dict__.get(_STATUS, 500) >= 400
+        if failed and not self.send_on_failed_request:
+            logger.info("Discarded %d events of a failed request (EVENTLIB_SEND_ON_FAILED_REQUEST)", len(buffered))
+            return
+        self.sender.submit(buffered)
+
+
+_BUFFER = "_eventlib_events"
+_STATUS = "_eventlib_status"
 
 
 class EventLib:
@@ -100,21 +139,54 @@ class EventLib:
 
         celery = self._celery if self._celery is not None else self._create_celery(app, queue)
         self._celery = celery
+        eager = bool(conf[config.ALWAYS_EAGER])
 
         def run(messages: list[str]) -> None:
             with app.app_context():
                 state.dispatcher.process(messages)
 
-        task = bind_task(celery, queue, run)
+        def retry(message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
+            with app.app_context():
+                state.dispatcher.process_retry(message, handler, attempt, first_failed_at)
+
+        task, retry_task = bind_task(celery, queue, run, retry)
+        store = self._create_store(app, celery, eager)
+        spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
+        sender = Sender(
+            make_send(celery, queue),
+            spool=Spool(spool_path, int(conf[config.SPOOL_MAX_EVENTS])),
+            max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
+            retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,
+        )
+        _flush_at_exit(sender)
         dispatcher = Dispatcher(
             self.registry,
             self.codec,
-            TaskPublisher(task, queue),
-            eager=bool(conf[config.ALWAYS_EAGER]),
+            lambda messages: state.publish(messages),
+            eager=eager,
             propagate=bool(conf[config.PROPAGATE_ERRORS]),
+            store=store,
+            schedule_retry=make_schedule_retry(retry_task, queue),
+            retries=int(conf[config.RETRIES]),
+            backoff=float(conf[config.RETRY_BACKOFF]),
+            backoff_max=float(conf[config.RETRY_BACKOFF_MAX]),
+            dedup_ttl=float(conf[config.DEDUP_TTL]),
         )
-        state = _State(self, dispatcher, celery, task, queue)
+        state = _State(
+            extension=self,
+            dispatcher=dispatcher,
+            celery=celery,
+            task=task,
+            retry_task=retry_task,
+            queue=queue,
+            sender=sender,
+            store=store,
+            batch_requests=bool(conf[config.BATCH_REQUESTS]) and not eager,
+            send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]),
+        )
         app.extensions[EXTENSION_KEY] = state
+        app.after_request(state.after_request)
+        app.teardown_request(state.teardown_request)
 
         from .cli import eventlib_cli
 
@@ -131,9 +203,22 @@ class EventLib:
         for label, module in modules.items():
             self.registry.register_module(label, module)
 
+    def _create_store(self, app: Flask, celery: Any, eager: bool) -> Store:
+        url = app.config[config.STORE_URL]
+        if url:
+            return store_from_url(url)
+        if eager:
+            return MemoryStore()
+        broker = str(celery.conf.broker_url or "")
+        if broker.startswith(("redis://", "rediss://")):
+            return store_from_url(broker)
+        os.makedirs(app.instance_path, exist_ok=True)
+        return store_from_url("sqlite:///" + os.path.join(app.instance_path, "eventlib-store.sqlite3"))
+
     def _create_celery(self, app: Flask, queue: str) -> Any:
         conf = app.config
-        settings = dict(conf[config.CELERY_CONFIG])
+        settings = {"broker_connection_timeout": float(conf[config.PUBLISH_TIMEOUT])}
+        settings.update(conf[config.CELERY_CONFIG])
         broker_url = conf[config.BROKER_URL]
         if not broker_url:
             folder = conf[config.FILESYSTEM_BROKER_DIR] or os.path.join(app.instance_path, "eventlib-broker")
@@ -180,6 +265,31 @@ def log(name: str, data: dict[str, Any] | None = None) -> str:
     :raises TypeError: when a value cannot be serialized (the message names the key).
     """
     return _state().dispatcher.log(name, data)
+
+
+def flush(timeout: float | None = 10.0) -> bool:
+    """Wait until the current app's events logged so far are published (or spooled).
+
+    ``log()`` hands events to a background sender and returns at once; call this before a
+    short script exits, or in a test before looking at the broker. Needs an app context.
+
+    :returns: ``False`` if ``timeout`` seconds passed first.
+    """
+    return _state().sender.flush(timeout)
+
+
+_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+def _flush_at_exit(sender: Sender) -> None:
+    _senders.add(sender)
+
+
+@atexit.register
+def _flush_all() -> None:
+    for sender in list(_senders):
+        if not sender.flush(timeout=5.0):
+            logger.error("flask-eventlib: %d events were not sent before exit", sender.pending())
 
 
 def get_dispatcher() -> Dispatcher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .exceptions import ConfigurationError
@@ -15,6 +16,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute set on a method marked with ``@handler``.
 HANDLER_MARK = "__eventlib_handler__"
+#: Attribute holding a handler's :class:`RetryPolicy`, when it sets one.
+POLICY_ATTR = "__eventlib_retry_policy__"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failing handler is retried; ``None`` fields fall back to the app's defaults.
+
+    :param retries: attempts after the first one; 0 never retries.
+    :param backoff: seconds before the first retry; each later retry waits twice as long, with
+        jitter, up to the app's ``EVENTLIB_RETRY_BACKOFF_MAX``.
+    """
+
+    retries: int | None = None
+    backoff: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.retries is not None and (not isinstance(self.retries, int) or self.retries < 0):
+            raise ConfigurationError(f"@handler(retries={self.retries!r}): retries is a whole number >= 0")
+        if self.backoff is not None and (not isinstance(self.backoff, (int, float)) or self.backoff < 0):
+            raise ConfigurationError(f"@handler(backoff={self.backoff!r}): backoff is a number of seconds >= 0")
+
+
+def policy_of(func: Any) -> RetryPolicy | None:
+    """The retry policy ``@handler`` recorded on ``func`` (or its function, for a bound method)."""
+    return getattr(getattr(func, "__func__", func), POLICY_ATTR, None)
+
 
 #: ``app.EventName``, ``app.*`` or ``*``.
 _TARGET = re.compile(r"\*|[A-Za-z_][\w-]*\.(\*|[A-Za-z_]\w*)")
@@ -33,8 +61,22 @@ def check_target(target: str) -> str:
 @overload
 def handler(target: F, /) -> F: ...
 @overload
-def handler(target: str | None = None, /, *, registry: Registry | None = None) -> Callable[[F], F]: ...
-def handler(target: Any = None, /, *, registry: Registry | None = None) -> Any:
+def handler(
+    target: str | None = None,
+    /,
+    *,
+    registry: Registry | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> Callable[[F], F]: ...
+def handler(
+    target: Any = None,
+    /,
+    *,
+    registry: Registry | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> Any:
     """Mark an event method as a handler, or register a function as a handler of events.
 
     On a method of a :class:`~flask_eventlib.BaseEvent` subclass, ``@handler`` (or ``@handler()``)
@@ -44,25 +86,34 @@ def handler(target: Any = None, /, *, registry: Registry | None = None) -> Any:
     ``@handler("deals.*")`` for every event of the ``deals`` app and ``@handler("*")`` for every
     event; it is called with the event. The function is returned unchanged.
 
+    A handler that raises is retried alone, with exponential backoff and jitter; after its last
+    attempt the event and the error go to the dead letters. Raise
+    :class:`~flask_eventlib.DontRetry` for a failure that no retry can fix.
+
     :param target: the event name the function handles.
     :param registry: the registry to record the function in; the default one if omitted.
+    :param retries: attempts after the first (default ``EVENTLIB_RETRIES``).
+    :param backoff: seconds before the first retry (default ``EVENTLIB_RETRY_BACKOFF``).
     """
+    policy = RetryPolicy(retries, backoff) if (retries is not None or backoff is not None) else None
     if callable(target):
         return _mark(target)
     if target is None:
-        return _mark
+        return lambda func: _mark(func, policy)
     check_target(target)
 
     def register(func: F) -> F:
         from .registry import default_registry
 
+        if policy is not None:
+            setattr(func, POLICY_ATTR, policy)
         (registry or default_registry).add_function_handler(target, func)
         return func
 
     return register
 
 
-def _mark(func: F) -> F:
+def _mark(func: F, policy: RetryPolicy | None = None) -> F:
     if "." not in getattr(func, "__qualname__", "").replace(".<locals>.", ""):
         raise ConfigurationError(
             f"@handler without an event name marks a method of a BaseEvent subclass, but "
@@ -70,6 +121,8 @@ def _mark(func: F) -> F:
             f"a handler, name its event: @handler('app.EventName')."
         )
     setattr(func, HANDLER_MARK, True)
+    if policy is not None:
+        setattr(func, POLICY_ATTR, policy)
     return func
 
 

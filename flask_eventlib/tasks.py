@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,16 @@ logger = logging.getLogger("flask_eventlib")
 
 #: The name of the task that processes events, the same in every process.
 TASK_NAME = "flask_eventlib.process_events"
+#: The name of the task that runs one handler of one event again.
+RETRY_TASK_NAME = "flask_eventlib.retry_handler"
+
+#: Settings that make a worker crash lose nothing: a message is acknowledged only after its
+#: handlers ran, and is redelivered when the worker process dies (SIGKILL, OOM) meanwhile.
+CRASH_SAFE_SETTINGS: dict[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+}
 
 
 def create_celery(name: str, *, broker_url: str, queue: str, settings: dict[str, Any]) -> Celery:
@@ -25,6 +36,7 @@ def create_celery(name: str, *, broker_url: str, queue: str, settings: dict[str,
         task_default_queue=queue,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
+        **CRASH_SAFE_SETTINGS,
     )
     celery.conf.update(settings)
     return celery
@@ -43,29 +55,47 @@ def filesystem_broker_settings(folder: str) -> dict[str, Any]:
     }
 
 
-def bind_task(celery: Celery, queue: str, run: Callable[[list[str]], Any]) -> Any:
-    """Register the events task on ``celery`` and make its workers consume ``queue``.
+def bind_task(
+    celery: Celery,
+    queue: str,
+    run: Callable[[list[str]], Any],
+    retry: Callable[[str, str, int, float | None], Any],
+) -> tuple[Any, Any]:
+    """Register the events tasks on ``celery`` and make its workers consume ``queue``.
 
     :param run: processes a list of encoded events (inside the Flask app context).
+    :param retry: runs one handler of an encoded event again: ``(message, handler, attempt,
+        first_failed_at)``.
+    :returns: the events task and the retry task.
     """
-    if "json" not in _accepted(celery):
+    accepted = set(celery.conf.accept_content or ())
+    if "json" not in accepted and "application/json" not in accepted:
         raise ValueError(
             f"The Celery app {celery.main!r} does not accept JSON messages (accept_content="
             f"{celery.conf.accept_content!r}); flask-eventlib sends JSON only: add 'json'."
         )
-    if "pickle" in _accepted(celery) or "application/x-python-serialize" in _accepted(celery):
+    if accepted & {"pickle", "application/x-python-serialize"}:
         logger.warning(
             "The Celery app %r accepts pickle; flask-eventlib sends events as JSON only, but a "
             "worker that accepts pickle runs code from any message. Set accept_content=['json'].",
             celery.main,
         )
-
     # One task per name per Celery app: a second bind (another Flask app on the same Celery app)
-    # replaces the runner, not the task.
+    # replaces the runners, not the tasks.
     celery.__dict__["_eventlib_run"] = run
-    task = celery.task(name=TASK_NAME, bind=True, shared=False, ignore_result=True, serializer="json")(process_events)
+    celery.__dict__["_eventlib_retry"] = retry
+    options: dict[str, Any] = {
+        "bind": True,
+        "shared": False,
+        "ignore_result": True,
+        "serializer": "json",
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+    }
+    task = celery.task(name=TASK_NAME, **options)(process_events)
+    retry_task = celery.task(name=RETRY_TASK_NAME, **options)(retry_handler)
     _consume(celery, queue)
-    return task
+    return task, retry_task
 
 
 def process_events(task: Any, messages: list[str]) -> int:
@@ -76,8 +106,57 @@ def process_events(task: Any, messages: list[str]) -> int:
     return len(messages)
 
 
-def _accepted(celery: Celery) -> set[str]:
-    return set(celery.conf.accept_content or ())
+def retry_handler(task: Any, message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
+    """The retry task: run one handler of one event again."""
+    task.app.__dict__["_eventlib_retry"](message, handler, attempt, first_failed_at)
+
+
+def make_send(celery: Celery, queue: str) -> Callable[[list[str]], None]:
+    """A function that publishes a list of encoded events as one message, on a kept connection.
+
+    Meant for one thread (the sender's). It does not retry: a failure raises at once, so the
+    caller can spool the events instead of blocking.
+    """
+    kept: dict[str, Any] = {}
+
+    def send(messages: list[str]) -> None:
+        if kept.get("pid") != os.getpid():
+            kept.clear()
+        try:
+            if "producer" not in kept:
+                conn = celery.connection_for_write()
+                conn.ensure_connection(max_retries=1)
+                kept.update(pid=os.getpid(), conn=conn, producer=conn.Producer(serializer="json"))
+            celery.send_task(
+                TASK_NAME, args=(messages,), queue=queue, producer=kept["producer"], retry=False, serializer="json"
+            )
+        except Exception:
+            conn = kept.pop("conn", None)
+            kept.clear()
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    logger.debug("Closing a failed broker connection raised", exc_info=True)
+            raise
+
+    return send
+
+
+def make_schedule_retry(retry_task: Any, queue: str) -> Callable[[str, str, int, float | None, float], None]:
+    """A function that sends one handler's retry to the workers after ``delay`` seconds."""
+
+    def schedule(message: str, handler: str, attempt: int, first_failed_at: float | None, delay: float) -> None:
+        retry_task.apply_async(
+            args=(message, handler, attempt, first_failed_at),
+            countdown=delay or None,
+            queue=queue,
+            serializer="json",
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    return schedule
 
 
 def _consume(celery: Celery, queue: str) -> None:

@@ -91,7 +91,9 @@ def records(redis_client: redis.Redis) -> Iterator[Records]:
 @pytest.fixture
 def eager_app(records: Records) -> Flask:
     """The sample app processing events in the caller (no broker involved)."""
-    return create_app(EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key)
+    return create_app(
+        EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_RETRIES=0, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key
+    )
 
 
 @dataclass

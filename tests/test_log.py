@@ -21,6 +21,7 @@ from flask_eventlib import (
     Registry,
     SerializationError,
     ValidationError,
+    flush,
     log,
 )
 from flask_eventlib.tasks import TASK_NAME
@@ -143,8 +144,10 @@ def test_nothing_is_enqueued_when_validation_or_encoding_fails(
             log("deals.Typed", {"x": object()})
         with pytest.raises(EventNotFound):
             log("deals.Missing")
+        assert flush()
         assert redis_client.llen(queue) == 0
         log("deals.DealClick", {"deal_id": 1})
+        assert flush()
     assert redis_client.llen(queue) == 1
 
 
@@ -156,8 +159,10 @@ def test_eager_handler_errors_are_logged_not_raised(
     assert records.handlers_for(event_id) == ["Flaky.after", "handlers.flaky_function", "handlers.audit"]
     failures = [r for r in caplog.records if r.name == "flask_eventlib" and r.levelno == logging.ERROR]
     assert [r.getMessage() for r in failures] == [
-        f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id})",
-        f"Handler tests.sample.handlers.flaky_function_fails failed for event deals.Flaky (id {event_id})",
+        f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id}),"
+        " attempt 1 of 1: dead-lettered",
+        f"Handler tests.sample.handlers.flaky_function_fails failed for event deals.Flaky (id {event_id}),"
+        " attempt 1 of 1: dead-lettered",
     ]
     assert failures[0].exc_info is not None and isinstance(failures[0].exc_info[1], RuntimeError)
     assert failures[0].event_id == event_id  # type: ignore[attr-defined]
@@ -166,6 +171,7 @@ def test_eager_handler_errors_are_logged_not_raised(
 def test_eager_propagate_raises_after_every_handler_ran(records: Records) -> None:
     app = create_app(
         EVENTLIB_ALWAYS_EAGER=True,
+        EVENTLIB_RETRIES=0,
         EVENTLIB_PROPAGATE_ERRORS=True,
         EVENTLIB_BROKER_URL="memory://",
         SAMPLE_RECORD_KEY=records.key,

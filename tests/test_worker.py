@@ -57,7 +57,7 @@ def test_a_failing_handler_is_logged_and_the_others_run(worker: Worker) -> None:
         what="the failure in the worker's log",
     )
     failure = text[
-        text.index(f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id})") :
+        text.index(f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id}), attempt 1") :
     ]
     assert "Traceback (most recent call last)" in failure
     assert f"RuntimeError: boom for {marker}" in failure

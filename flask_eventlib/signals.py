@@ -1,0 +1,44 @@
+"""Blinker signals for metrics and monitoring; each is sent with the event (or its name) as sender.
+
+Connect with ``event_logged.connect(receiver)``; a receiver's exception is logged, never raised
+into ``log()`` or a worker. Keyword arguments:
+
+- ``event_logged(event)``: ``log()`` accepted the event (validated and serialized).
+- ``event_rejected(name, error)``: ``log()`` refused it (unknown name, validation, serialization).
+- ``events_spooled(count, reason)``: events went to the local spool because the broker failed.
+- ``events_dropped(count, reason)``: events were dropped because the spool was full.
+- ``handler_succeeded(event, handler, attempt)``
+- ``handler_failed(event, handler, attempt, error)``: every failure, retried or not.
+- ``handler_retried(event, handler, attempt, delay)``: a retry was scheduled.
+- ``handler_dead_lettered(event, handler, attempt, error)``: the last attempt failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import Namespace, Signal
+
+logger = logging.getLogger("flask_eventlib")
+
+signals = Namespace()
+
+event_logged = signals.signal("event-logged")
+event_rejected = signals.signal("event-rejected")
+events_spooled = signals.signal("events-spooled")
+events_dropped = signals.signal("events-dropped")
+handler_succeeded = signals.signal("handler-succeeded")
+handler_failed = signals.signal("handler-failed")
+handler_retried = signals.signal("handler-retried")
+handler_dead_lettered = signals.signal("handler-dead-lettered")
+
+
+def send(signal: Signal, sender: Any, **kwargs: Any) -> None:
+    """Send ``signal`` if anyone listens; a receiver's exception is logged, not raised."""
+    if not signal.receivers:
+        return
+    try:
+        signal.send(sender, **kwargs)
+    except Exception:
+        logger.exception("A receiver of the flask-eventlib signal %r failed", getattr(signal, "name", signal))

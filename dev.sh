@@ -68,7 +68,6 @@ ensure_redis() {
     say "Redis: using the server on 127.0.0.1:6379"
     return
   fi
-  command -v redis-server >/dev/null || apt_install redis-server
   local port=6390
   while port_open 127.0.0.1 $port; do port=$((port + 1)); done
   say "Redis: none on 127.0.0.1:6379, starting a private redis-server on port $port (stopped at exit)"
@@ -95,8 +94,24 @@ ensure_rabbitmq() {
   wait_port 127.0.0.1 5672 "RabbitMQ" 120
 }
 
+ensure_typescript() {
+  # tests/test_schemas.py type-checks generated declarations with the TypeScript pinned there.
+  local dir="$ROOT/tests/typescript" stamp want
+  stamp="$dir/node_modules/.eventlib-installed"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    say "installing the TypeScript compiler the tests use (npm ci --prefix tests/typescript)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$want" >"$stamp"
+  fi
+}
+
 run_tests() {
   setup_python
+  ensure_typescript
+  # The chaos tests start (and kill) a redis-server of their own.
+  command -v redis-server >/dev/null || apt_install redis-server
   ensure_redis
   ensure_rabbitmq
   say "ruff"

@@ -191,19 +191,23 @@ class Dispatcher:
                 first_error = first_error or exc
         done = self._completed([event.id or "" for _, event in decoded])
         results: list[HandlerResult] = []
-        marks: dict[str, list[str]] = {}
         for message, event in decoded:
-            skip = done.get(event.id or "", set())
+            event_id = event.id or ""
+            skip = done.setdefault(event_id, set())
+            succeeded: list[str] = []
             for label, call in event._handler_calls():
                 if label in skip:
                     continue
                 result = self._attempt(message, event, label, call, 1, None)
                 results.append(result)
                 if result.error is None:
-                    marks.setdefault(event.id or "", []).append(label)
+                    succeeded.append(label)
                 else:
                     first_error = first_error or result.error
-        self._mark_completed(marks)
+                # A retried or dead-lettered handler is not run again for a duplicate either.
+                skip.add(label)
+            # Marked per event, so a worker killed mid-message re-runs as little as possible.
+            self._mark_completed({event_id: succeeded})
         if propagate and first_error is not None:
             raise first_error
         return results

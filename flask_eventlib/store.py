@@ -14,6 +14,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
 
@@ -215,12 +216,10 @@ class SQLiteStore(Store):
 def store_from_url(url: str) -> Store:
     """``redis://...`` (``?prefix=`` optional), ``sqlite:///path/to/file`` or ``memory://``."""
     if url.startswith(("redis://", "rediss://", "unix://")):
-        prefix = "eventlib:"
-        if "prefix=" in url:
-            from urllib.parse import parse_qs, urlsplit
-
-            prefix = parse_qs(urlsplit(url).query).get("prefix", [prefix])[0]
-        return RedisStore(url, prefix)
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = query.pop("prefix", ["eventlib:"])[0]
+        return RedisStore(urlunsplit(parts._replace(query=urlencode(query, doseq=True))), prefix)
     if url.startswith("sqlite:///"):
         return SQLiteStore(url.removeprefix("sqlite:///") or ":memory:")
     if url == "memory://":

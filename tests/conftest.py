@@ -107,6 +107,7 @@ class Worker:
     log_path: Path
     process: subprocess.Popen[bytes]
     app: Flask
+    store_url: str
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -167,7 +168,10 @@ def worker(
     queue = f"eventlib-test-{broker}-{uuid.uuid4().hex[:8]}"
     record_key = f"eventlib-test:records:{queue}"
     log_path = tmp_path_factory.mktemp("worker") / f"{broker}.log"
-    app = create_app(EVENTLIB_BROKER_URL=broker_url, EVENTLIB_QUEUE=queue, SAMPLE_RECORD_KEY=record_key)
+    store_url = f"{REDIS_URL}?prefix={record_key}:store:"
+    app = create_app(
+        EVENTLIB_BROKER_URL=broker_url, EVENTLIB_QUEUE=queue, SAMPLE_RECORD_KEY=record_key, EVENTLIB_STORE_URL=store_url
+    )
     try:
         with app.extensions["eventlib"].celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
@@ -176,13 +180,23 @@ def worker(
             f"No {broker} broker at {broker_url} ({exc}). Run the tests with ./dev.sh test, which "
             "starts or installs the brokers, or set EVENTLIB_TEST_REDIS_URL / EVENTLIB_TEST_AMQP_URL."
         )
-    process = start_worker(broker_url, queue, record_key, log_path)
+    process = start_worker(broker_url, queue, record_key, log_path, env={"SAMPLE_STORE_URL": store_url})
     try:
         wait_worker_ready(process, log_path)
-        yield Worker(broker, broker_url, queue, Records(redis_client, record_key), log_path, process, app)
+        yield Worker(broker, broker_url, queue, Records(redis_client, record_key), log_path, process, app, store_url)
     finally:
         stop_process(process)
-        redis_client.delete(record_key)
+        for key in redis_client.scan_iter(f"{record_key}*"):
+            redis_client.delete(key)
         if broker == "amqp":
             with app.extensions["eventlib"].celery.connection_for_write() as conn:
                 conn.default_channel.queue_delete(queue)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.chaos.conftest import REPORT
+
+    if REPORT:
+        terminalreporter.section("chaos figures")
+        for line in REPORT:
+            terminalreporter.write_line(line)

@@ -56,9 +56,8 @@ def test_a_failing_handler_is_logged_and_the_others_run(worker: Worker) -> None:
         lambda: f"boom for {marker}" in worker.log_text() and worker.log_text(),
         what="the failure in the worker's log",
     )
-    failure = text[
-        text.index(f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id}), attempt 1") :
-    ]
+    headline = f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id}), attempt"
+    failure = text[text.index(headline) :]
     assert "Traceback (most recent call last)" in failure
     assert f"RuntimeError: boom for {marker}" in failure
     assert f"failed for event deals.Flaky (id {event_id})" in text

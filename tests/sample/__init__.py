@@ -7,6 +7,7 @@ observe a worker process's side effects.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 from flask import Flask
@@ -16,6 +17,7 @@ from flask_eventlib import EventLib
 
 def create_app(eventlib: EventLib | None = None, **config: Any) -> Flask:
     from .deals import bp as deals_bp
+    from .ops import bp as ops_bp
     from .users.views import bp as users_bp
 
     app = Flask(__name__)
@@ -23,9 +25,12 @@ def create_app(eventlib: EventLib | None = None, **config: Any) -> Flask:
         EVENTLIB_HANDLER_MODULES=["tests.sample.handlers"],
         SAMPLE_REDIS_URL=os.environ.get("EVENTLIB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         SAMPLE_RECORD_KEY="eventlib-test:records",
+        EVENTLIB_RETRY_BACKOFF=0.05,
+        EVENTLIB_SPOOL_PATH=os.path.join(tempfile.gettempdir(), f"eventlib-test-spool-{os.getpid()}.sqlite3"),
     )
     app.config.update(config)
     app.register_blueprint(deals_bp, url_prefix="/deals")
     app.register_blueprint(users_bp, url_prefix="/users")
+    app.register_blueprint(ops_bp, url_prefix="/ops")
     (eventlib or EventLib()).init_app(app)
     return app

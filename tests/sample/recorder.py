@@ -12,11 +12,22 @@ from flask import current_app
 from flask_eventlib import BaseEvent
 
 
+def client() -> redis.Redis:
+    """The current app's Redis client (one per app)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    found = app.extensions.get("sample_redis")
+    if found is None:
+        found = app.extensions["sample_redis"] = redis.Redis.from_url(app.config["SAMPLE_REDIS_URL"])
+    return found  # type: ignore[no-any-return]
+
+
+def key(suffix: str) -> str:
+    """A Redis key under this app's record key."""
+    return f"{current_app.config['SAMPLE_RECORD_KEY']}:{suffix}"
+
+
 def record(handler: str, event: BaseEvent, **extra: Any) -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    client = app.extensions.get("sample_redis")
-    if client is None:
-        client = app.extensions["sample_redis"] = redis.Redis.from_url(app.config["SAMPLE_REDIS_URL"])
     entry = {
         "handler": handler,
         "id": event.id,
@@ -28,4 +39,4 @@ def record(handler: str, event: BaseEvent, **extra: Any) -> None:
         "app": app.import_name,
         **extra,
     }
-    client.rpush(app.config["SAMPLE_RECORD_KEY"], json.dumps(entry))
+    client().rpush(app.config["SAMPLE_RECORD_KEY"], json.dumps(entry))

@@ -4,6 +4,7 @@ Configured from the environment by the test that starts it; without ``SAMPLE_BRO
 the embedded filesystem broker in ``SAMPLE_FS_DIR``.
 """
 
+import json
 import os
 
 from flask_eventlib import EventLib
@@ -17,5 +18,7 @@ app = create_app(
     EVENTLIB_FILESYSTEM_BROKER_DIR=os.environ.get("SAMPLE_FS_DIR"),
     EVENTLIB_QUEUE=os.environ["SAMPLE_QUEUE"],
     SAMPLE_RECORD_KEY=os.environ["SAMPLE_RECORD_KEY"],
+    EVENTLIB_STORE_URL=os.environ.get("SAMPLE_STORE_URL") or None,
+    EVENTLIB_CELERY_CONFIG=json.loads(os.environ.get("SAMPLE_CELERY_CONFIG") or "{}"),
 )
 celery = eventlib.celery

@@ -1,0 +1,186 @@
+"""The way out: one message per request, the background sender, the spool (real SQLite, real Redis)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from flask_eventlib import flush, log, signals
+from flask_eventlib.publishing import Sender, Spool
+from tests.conftest import REDIS_URL, Records, wait_for
+from tests.sample import create_app
+
+
+@pytest.fixture
+def queued_app(redis_client: redis.Redis, records: Records, tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+    """The sample app on the real Redis broker, with no worker: messages stay in the queue."""
+    queue = f"eventlib-test-publish-{uuid.uuid4().hex[:8]}"
+    app = create_app(
+        EVENTLIB_BROKER_URL=REDIS_URL,
+        EVENTLIB_QUEUE=queue,
+        SAMPLE_RECORD_KEY=records.key,
+        EVENTLIB_SPOOL_PATH=str(tmp_path / "spool.sqlite3"),
+    )
+
+    @app.post("/click/<int:count>")
+    def click(count: int) -> tuple[str, int]:
+        for n in range(count):
+            log("deals.DealClick", {"deal_id": n})
+        return "", 204
+
+    @app.post("/fail/<int:status>")
+    def fail(status: int) -> tuple[str, int]:
+        log("deals.DealClick", {"deal_id": status})
+        if status == 0:
+            raise RuntimeError("the view failed")
+        return "", status
+
+    yield app, queue
+    redis_client.delete(queue)
+
+
+def queued_events(client: redis.Redis, queue: str) -> list[list[str]]:
+    """The event batches waiting in a Celery queue on Redis, one list per message."""
+    batches = []
+    for raw in reversed(client.lrange(queue, 0, -1)):  # kombu LPUSHes: oldest last
+        args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        batches.append(args[0])
+    return batches
+
+
+def test_a_request_sends_its_events_as_one_message(queued_app: tuple[Flask, str], redis_client: redis.Redis) -> None:
+    app, queue = queued_app
+    assert app.test_client().post("/click/10").status_code == 204
+    with app.app_context():
+        assert flush()
+    (batch,) = queued_events(redis_client, queue)
+    assert len(batch) == 10
+    assert [json.loads(m)["data"]["deal_id"] for m in batch] == list(range(10))
+
+
+def test_outside_a_request_log_publishes_at_once(queued_app: tuple[Flask, str], redis_client: redis.Redis) -> None:
+    app, queue = queued_app
+    with app.app_context():
+        event_id = log("deals.DealClick", {"deal_id": 1})
+        assert flush()
+    (batch,) = queued_events(redis_client, queue)
+    assert [json.loads(m)["id"] for m in batch] == [event_id]
+
+
+@pytest.mark.parametrize(("send_on_failure", "expected"), [(True, [400, 0]), (False, [])])
+def test_failed_requests_send_their_events_unless_configured_otherwise(
+    queued_app: tuple[Flask, str], redis_client: redis.Redis, send_on_failure: bool, expected: list[int]
+) -> None:
+    app, queue = queued_app
+    app.extensions["eventlib"].send_on_failed_request = send_on_failure
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = app.test_client()
+    assert client.post("/fail/400").status_code == 400
+    assert client.post("/fail/0").status_code == 500
+    assert client.post("/fail/201").status_code == 201
+    with app.app_context():
+        assert flush()
+    sent = [json.loads(m)["data"]["deal_id"] for batch in queued_events(redis_client, queue) for m in batch]
+    assert sent == [*expected, 201]
+
+
+def test_the_spool_keeps_order_and_survives_the_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "spool.sqlite3")
+    spool = Spool(path, max_events=5)
+    spool.put(["a", "b"])
+    spool.put(["c"])
+    with pytest.raises(Exception, match="holds 3 events"):
+        spool.put(["d", "e", "f"])
+    again = Spool(path)  # another process's view of the same file
+    assert again.pending() == 3
+    sent: list[list[str]] = []
+
+    def fails_on_c(batch: list[str]) -> None:
+        if "c" in batch:
+            raise ConnectionError("broker down")
+        sent.append(batch)
+
+    with pytest.raises(ConnectionError):
+        again.drain(fails_on_c)
+    assert sent == [["a", "b"]] and again.pending() == 1
+    assert again.drain(sent.append) == 1
+    assert sent == [["a", "b"], ["c"]] and spool.pending() == 0
+
+
+def test_the_sender_spools_while_the_broker_fails_and_drains_in_order(tmp_path: Path) -> None:
+    down = threading.Event()
+    down.set()
+    published: list[str] = []
+
+    def send(batch: list[str]) -> None:
+        if down.is_set():
+            raise ConnectionError("broker down")
+        published.extend(batch)
+
+    spooled: list[int] = []
+
+    def on_spooled(sender: object, count: int, reason: str) -> None:
+        spooled.append(count)
+
+    signals.events_spooled.connect(on_spooled)
+    try:
+        sender = Sender(send, spool=Spool(str(tmp_path / "s.sqlite3")), max_batch=3, retry_interval=0.05)
+        for n in range(10):
+            sender.submit([f"m{n}"])
+        assert sender.flush(5)
+        assert published == [] and sender.pending() == 10 and sum(spooled) == 10
+        down.clear()
+        wait_for(lambda: sender.pending() == 0, timeout=10, what="the spool to drain")
+        sender.submit(["after"])
+        assert sender.flush(5)
+        assert published == [f"m{n}" for n in range(10)] + ["after"]
+    finally:
+        signals.events_spooled.disconnect(on_spooled)
+
+
+def test_a_full_spool_drops_counts_and_signals(tmp_path: Path) -> None:
+    dropped: list[int] = []
+
+    def on_dropped(sender: object, count: int, reason: str) -> None:
+        dropped.append(count)
+
+    def send(batch: list[str]) -> None:
+        raise ConnectionError("broker down")
+
+    signals.events_dropped.connect(on_dropped)
+    try:
+        sender = Sender(send, spool=Spool(str(tmp_path / "s.sqlite3"), max_events=4), max_batch=2, retry_interval=60)
+        for n in range(3):
+            sender.submit([f"a{n}", f"b{n}"])
+            assert sender.flush(5)
+        assert sender.dropped == 2 and dropped == [2]
+        assert sender.pending() == 4
+    finally:
+        signals.events_dropped.disconnect(on_dropped)
+
+
+def test_log_returns_at_once_while_the_broker_is_unreachable(tmp_path: Path, records: Records) -> None:
+    # Nothing listens on port 1: every publish fails; log() must not wait or raise.
+    app = create_app(
+        EVENTLIB_BROKER_URL="redis://127.0.0.1:1/0",
+        EVENTLIB_STORE_URL="memory://",
+        EVENTLIB_SPOOL_PATH=str(tmp_path / "spool.sqlite3"),
+        SAMPLE_RECORD_KEY=records.key,
+    )
+    with app.app_context():
+        started = time.perf_counter()
+        for n in range(50):
+            log("deals.DealClick", {"deal_id": n})
+        elapsed = time.perf_counter() - started
+        assert flush()
+    assert elapsed < app.config["EVENTLIB_PUBLISH_TIMEOUT"]
+    assert Spool(str(tmp_path / "spool.sqlite3")).pending() == 50

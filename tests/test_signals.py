@@ -1,0 +1,96 @@
+"""Blinker signals for metrics: sent at each step, and a failing receiver breaks nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_eventlib import ValidationError, log, signals
+from tests.conftest import Records
+from tests.sample import create_app
+
+
+@pytest.fixture
+def received() -> Iterator[list[tuple[str, Any, dict[str, Any]]]]:
+    seen: list[tuple[str, Any, dict[str, Any]]] = []
+    receivers = {}
+    for name in (
+        "event_logged",
+        "event_rejected",
+        "handler_succeeded",
+        "handler_failed",
+        "handler_retried",
+        "handler_dead_lettered",
+    ):
+
+        def receiver(sender: Any, _name: str = name, **kwargs: Any) -> None:
+            seen.append((_name, sender, kwargs))
+
+        receivers[name] = receiver
+        getattr(signals, name).connect(receiver)
+    yield seen
+    for name, receiver in receivers.items():
+        getattr(signals, name).disconnect(receiver)
+
+
+@pytest.fixture
+def retrying_app(records: Records) -> Flask:
+    return create_app(EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key)
+
+
+def test_signals_follow_an_event_through_retries_to_success(
+    retrying_app: Flask, records: Records, received: list[tuple[str, Any, dict[str, Any]]]
+) -> None:
+    with retrying_app.app_context():
+        event_id = log("ops.FailsTwice")
+    # Eager mode retries at once, in the caller: the flaky handler succeeds on its third attempt.
+    assert records.handlers_for(event_id) == ["FailsTwice.steady", "FailsTwice.flaky"]
+    steps = [
+        (name, kwargs.get("handler", "").rpartition(".")[2], kwargs.get("attempt")) for name, _, kwargs in received
+    ]
+    assert steps == [
+        ("event_logged", "", None),
+        ("handler_succeeded", "steady", 1),
+        ("handler_failed", "flaky", 1),
+        ("handler_retried", "flaky", 1),
+        ("handler_failed", "flaky", 2),
+        ("handler_retried", "flaky", 2),
+        ("handler_succeeded", "flaky", 3),
+    ]
+    assert received[0][1].id == event_id
+
+
+def test_dead_letter_and_rejection_signals(
+    retrying_app: Flask, received: list[tuple[str, Any, dict[str, Any]]]
+) -> None:
+    with retrying_app.app_context():
+        event_id = log("ops.Permanent")
+        with pytest.raises(ValidationError):
+            log("deals.DealClick", {})
+    names = [name for name, _, _ in received]
+    assert names == ["event_logged", "handler_failed", "handler_dead_lettered", "event_rejected"]
+    dead = received[2]
+    assert dead[1].id == event_id and dead[2]["attempt"] == 1
+    store = retrying_app.extensions["eventlib"].store
+    assert [d.event_id for d in store.dead_letters()] == [event_id]
+    rejected = received[3]
+    assert rejected[1] == "deals.DealClick" and isinstance(rejected[2]["error"], ValidationError)
+
+
+def test_a_failing_receiver_is_logged_and_log_still_works(
+    retrying_app: Flask, records: Records, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("metrics backend down")
+
+    signals.event_logged.connect(broken)
+    try:
+        with retrying_app.app_context():
+            event_id = log("deals.DealClick", {"deal_id": 1})
+    finally:
+        signals.event_logged.disconnect(broken)
+    assert len(records.handlers_for(event_id)) == 4
+    assert "A receiver of the flask-eventlib signal 'event-logged' failed" in caplog.text

@@ -1,0 +1,69 @@
+"""The three store backends behave alike: dedup marks expire, dead letters round-trip in order."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from flask_eventlib import ConfigurationError
+from flask_eventlib.store import DeadLetter, MemoryStore, RedisStore, SQLiteStore, Store, store_from_url
+from tests.conftest import REDIS_URL, wait_for
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, redis_client: redis.Redis) -> Iterator[Store]:
+    prefix = f"eventlib-test:store:{uuid.uuid4().hex}:"
+    url = {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "redis": f"{REDIS_URL}?prefix={prefix}",
+    }[request.param]
+    found = store_from_url(url)
+    assert type(found) is {"memory": MemoryStore, "sqlite": SQLiteStore, "redis": RedisStore}[request.param]
+    yield found
+    found.close()
+    for key in redis_client.scan_iter(f"{prefix}*"):
+        redis_client.delete(key)
+
+
+def letter(n: int) -> DeadLetter:
+    now = time.time()
+    return DeadLetter(
+        event_id=f"e{n}",
+        event_name="deals.DealClick",
+        handler="h",
+        message="{}",
+        error="RuntimeError()",
+        traceback="Traceback ...",
+        attempts=3,
+        first_failed_at=now - 10,
+        last_failed_at=now + n,
+    )
+
+
+def test_completed_marks_are_remembered_per_event_and_expire(store: Store) -> None:
+    assert store.completed(["a", "b"]) == {"a": set(), "b": set()}
+    store.mark_completed({"a": ["h1", "h2"], "b": []}, ttl=1)
+    store.mark_completed({"a": ["h3"]}, ttl=1)
+    assert store.completed(["a", "b"]) == {"a": {"h1", "h2", "h3"}, "b": set()}
+    wait_for(lambda: store.completed(["a"]) == {"a": set()}, timeout=5, interval=0.2, what="the marks to expire")
+
+
+def test_dead_letters_round_trip_oldest_first(store: Store) -> None:
+    letters = [letter(2), letter(0), letter(1)]
+    for item in letters:
+        store.add_dead_letter(item)
+    assert [d.event_id for d in store.dead_letters()] == ["e0", "e1", "e2"]
+    assert store.dead_letters()[0] == letters[1]
+    assert store.remove_dead_letters([letters[0].id, "missing"]) == 1
+    assert [d.event_id for d in store.dead_letters()] == ["e0", "e1"]
+
+
+def test_bad_store_url_says_which_forms_work() -> None:
+    with pytest.raises(ConfigurationError, match="sqlite:////absolute/path.sqlite3 or memory://"):
+        store_from_url("postgres://x")

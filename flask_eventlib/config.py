@@ -59,6 +59,24 @@ DEDUP_TTL = "EVENTLIB_DEDUP_TTL"
 #: ``memory://``. Default: the broker's Redis, else ``<app.instance_path>/eventlib-store.sqlite3``
 #: (``memory://`` in eager mode).
 STORE_URL = "EVENTLIB_STORE_URL"
+#: Register ``POST <EVENTLIB_URL_PREFIX>/log``, where browsers log public events. Default ``True``.
+HTTP_ENABLED = "EVENTLIB_HTTP_ENABLED"
+#: URL prefix of the browser endpoint. Default ``"/event"`` (the endpoint is ``/event/log``).
+URL_PREFIX = "EVENTLIB_URL_PREFIX"
+#: The most events in one request to the browser endpoint. Default ``50``.
+MAX_BATCH = "EVENTLIB_MAX_BATCH"
+#: The largest body (and query string), in bytes, the browser endpoint reads. Default ``65536``.
+MAX_CONTENT_LENGTH = "EVENTLIB_MAX_CONTENT_LENGTH"
+#: Origins (``"https://www.example.com"``) besides the app's own whose pages may log events
+#: through the browser endpoint. Default ``[]``.
+ALLOWED_ORIGINS = "EVENTLIB_ALLOWED_ORIGINS"
+#: Requests per client address to the browser endpoint, in Flask-Limiter's notation
+#: (``"120/minute"``, ``"10/second;500/hour"``); ``None`` turns the limit off.
+#: Default ``"120/minute"``.
+RATE_LIMIT = "EVENTLIB_RATE_LIMIT"
+#: Where the rate limit's counters live: ``memory://`` (per process) or ``redis://...`` (shared
+#: by every worker process). Default ``"memory://"``.
+RATE_LIMIT_STORAGE_URL = "EVENTLIB_RATE_LIMIT_STORAGE_URL"
 
 DEFAULTS: dict[str, Any] = {
     BROKER_URL: None,
@@ -80,6 +98,13 @@ DEFAULTS: dict[str, Any] = {
     RETRY_BACKOFF_MAX: 300.0,
     DEDUP_TTL: 86_400,
     STORE_URL: None,
+    HTTP_ENABLED: True,
+    URL_PREFIX: "/event",
+    MAX_BATCH: 50,
+    MAX_CONTENT_LENGTH: 65_536,
+    ALLOWED_ORIGINS: [],
+    RATE_LIMIT: "120/minute",
+    RATE_LIMIT_STORAGE_URL: "memory://",
 }
 
 

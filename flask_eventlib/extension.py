@@ -25,6 +25,7 @@ from .tasks import bind_task, create_celery, filesystem_broker_settings, make_sc
 logger = logging.getLogger("flask_eventlib")
 
 EXTENSION_KEY = "eventlib"
+_VIEWS_MODULE = f"{__package__}.views"
 
 
 @dataclass
@@ -192,8 +193,15 @@ class EventLib:
 
         app.cli.add_command(eventlib_cli)
 
+        if conf[config.HTTP_ENABLED]:
+            from .views import init_http
+
+            init_http(app)
+
     def _discover(self, app: Flask) -> None:
         for blueprint in app.blueprints.values():
+            if blueprint.import_name == _VIEWS_MODULE:
+                continue  # the extension's own /event/log blueprint holds no events
             self.registry.discover(blueprint.name, _package_of(blueprint.import_name))
         modules = app.config[config.EVENT_MODULES]
         if not isinstance(modules, dict):

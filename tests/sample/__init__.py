@@ -19,6 +19,7 @@ def create_app(eventlib: EventLib | None = None, **config: Any) -> Flask:
     from .deals import bp as deals_bp
     from .ops import bp as ops_bp
     from .users.views import bp as users_bp
+    from .web import bp as web_bp
 
     app = Flask(__name__)
     app.config.update(
@@ -32,5 +33,6 @@ def create_app(eventlib: EventLib | None = None, **config: Any) -> Flask:
     app.register_blueprint(deals_bp, url_prefix="/deals")
     app.register_blueprint(users_bp, url_prefix="/users")
     app.register_blueprint(ops_bp, url_prefix="/ops")
+    app.register_blueprint(web_bp, url_prefix="/web")
     (eventlib or EventLib()).init_app(app)
     return app

@@ -1,0 +1,19 @@
+"""A public event without a schema, registered only by tests that need free-form data.
+
+Not an ``events`` module, so the sample app does not discover it (``flask eventlib check`` would
+rightly report it); tests register it in a fresh registry with ``EVENTLIB_EVENT_MODULES``.
+"""
+
+from __future__ import annotations
+
+from flask_eventlib import BaseEvent, handler
+
+from ..recorder import record
+
+
+class Anything(BaseEvent):
+    public = True
+
+    @handler
+    def store(self) -> None:
+        record("Anything.store", self)

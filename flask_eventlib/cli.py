@@ -1,30 +1,185 @@
-"""``flask eventlib ...`` commands."""
+"""``flask eventlib ...``: see the registry, export its schemas and types, check it, run workers.
+
+The commands are added to every app ``EventLib`` is initialised on::
+
+    flask --app shop.app eventlib events              # every event: public? schema? handlers
+    flask --app shop.app eventlib describe deals.DealClick
+    flask --app shop.app eventlib schema > events.schema.json
+    flask --app shop.app eventlib types > events.d.ts
+    flask --app shop.app eventlib check               # exits 1 when something is wrong
+    flask --app shop.worker eventlib worker           # a Celery worker for this app's events
+"""
 
 from __future__ import annotations
+
+import difflib
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-eventlib_cli = AppGroup("eventlib", help="flask-eventlib: events, handlers and workers.")
+from .events import BaseEvent
+from .exceptions import ConfigurationError, EventNotFound
+from .extension import EXTENSION_KEY
+from .registry import Registry
+
+T = TypeVar("T")
+
+eventlib_cli = AppGroup("eventlib", help="flask-eventlib: events, handlers, schemas and workers.")
+
+
+def _state() -> Any:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def _registry() -> Registry:
+    registry: Registry = _state().extension.registry
+    return registry
 
 
 @eventlib_cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker that processes this app's events (extra options go to Celery)."""
-    state = current_app.extensions["eventlib"]
+    state = _state()
     state.celery.worker_main(["worker", "-Q", state.queue, *ctx.args])
 
 
 @eventlib_cli.command("events")
 def events() -> None:
-    """List every event with its handlers in run order."""
-    registry = current_app.extensions["eventlib"].extension.registry
-    for name, cls in registry.events().items():
-        methods = [f"{cls.__qualname__}.{n}" for n in cls._method_handler_names]
-        functions = [f"{f.__module__}.{f.__qualname__}" for f in registry.function_handlers(name)]
-        flags = " (public)" if cls.public else ""
-        click.echo(f"{name}{flags}")
-        for label in methods + functions:
-            click.echo(f"    {label}")
+    """List every event: whether browsers may log it, its schema, its handlers in run order."""
+    from .testing import check_events, handler_labels  # not at import: it may import pytest
+
+    registry = _registry()
+    rows: list[tuple[str, str, str, list[str]]] = [
+        (name, "yes" if cls.public else "no", _schema_name(cls), handler_labels(registry, name))
+        for name, cls in registry.events().items()
+    ]
+    if not rows:
+        click.echo("No events are registered: put BaseEvent subclasses in the events module of a blueprint.")
+        return
+    header = ("EVENT", "PUBLIC", "SCHEMA", "HANDLERS (in run order)")
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(3)]
+
+    def line(cells: tuple[str, str, str], handler: str) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + "  " + handler
+
+    click.echo(line(header[:3], header[3]).rstrip())
+    for name, public, schema, handlers in rows:
+        click.echo(line((name, public, schema), handlers[0] if handlers else "(none)").rstrip())
+        for handler in handlers[1:]:
+            click.echo(line(("", "", ""), handler))
+    problems = check_events(registry)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        click.echo(f"\n{len(problems)} {noun}: `flask eventlib check` explains.")
+
+
+@eventlib_cli.command("describe")
+@click.argument("name")
+def describe(name: str) -> None:
+    """Show one event: its class, whether it is public, its data fields and its handlers."""
+    from .schemas import event_json_schema, ts_type
+    from .testing import handler_labels
+
+    registry = _registry()
+    cls = _find(registry, name)
+
+    click.echo(f"{name}  ({cls.__module__}.{cls.__qualname__})")
+    doc = cls.__dict__.get("__doc__")
+    if doc:
+        for text in inspect.cleandoc(doc).splitlines():
+            click.echo(f"  {text}".rstrip())
+    click.echo("public:   " + ("yes: browsers may log it" if cls.public else "no: only server code logs it"))
+    if cls.schema is None:
+        click.echo("schema:   none (clean() checks the data)")
+        click.echo("data:     any object")
+    else:
+        click.echo(f"schema:   {_schema_name(cls, full=True)}")
+        schema = _or_error(lambda: event_json_schema(cls, name=name))
+        properties = schema.get("properties", {})
+        required = set(schema.get("required", ()))
+        click.echo("data:" if properties else "data:     an object without fields")
+        kinds = {key: " ".join(ts_type(sub).split()) for key, sub in properties.items()}
+        width = max((len(key) for key in kinds), default=0)
+        kind_width = max((len(kind) for kind in kinds.values()), default=0)
+        for key, kind in kinds.items():
+            flag = "(required)" if key in required else ""
+            click.echo(f"  {key.ljust(width)}  {kind.ljust(kind_width)}  {flag}".rstrip())
+    handlers = handler_labels(registry, name)
+    click.echo("handlers, in run order:" if handlers else "handlers: none (`flask eventlib check` reports it)")
+    for number, label in enumerate(handlers, 1):
+        click.echo(f"  {number}. {label}")
+
+
+@eventlib_cli.command("schema")
+@click.option("--all", "include_private", is_flag=True, help="Include the events browsers may not log.")
+def schema(include_private: bool) -> None:
+    """Print the JSON Schema of the public events' data (``#/$defs/<event name>``)."""
+    from .schemas import json_schema
+
+    document = _or_error(lambda: json_schema(_registry().events(), include_private=include_private))
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@eventlib_cli.command("types")
+@click.option("--all", "include_private", is_flag=True, help="Include the events browsers may not log.")
+def types(include_private: bool) -> None:
+    """Print TypeScript declarations of the public events' data: ``flask eventlib types > events.d.ts``."""
+    from .schemas import typescript
+
+    text = _or_error(lambda: typescript(_registry().events(), include_private=include_private))
+    click.echo(text, nl=False)
+
+
+@eventlib_cli.command("check")
+def check() -> None:
+    """Check the events: each has a handler, public ones have a schema, handler targets exist."""
+    from .testing import check_events
+
+    registry = _registry()
+    problems = check_events(registry)
+    if not problems:
+        count = len(registry.events())
+        events = "1 event" if count == 1 else f"{count} events"
+        click.echo(f"OK: {events}, each with a handler; every public event has a schema.")
+        return
+    for number, problem in enumerate(problems, 1):
+        click.echo(f"{number}. {problem}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+def _find(registry: Registry, name: str) -> type[BaseEvent]:
+    try:
+        return registry.find(name)
+    except EventNotFound as exc:
+        guess = difflib.get_close_matches(name, list(registry.events()), n=1)
+        hint = f" Did you mean {guess[0]!r}?" if guess else ""
+        raise click.BadParameter(
+            f"{exc}.{hint} `flask eventlib events` lists every event.", param_hint="NAME"
+        ) from None
+
+
+def _or_error(make: Callable[[], T]) -> T:
+    """``make()``, with a badly set-up event reported as an error message rather than a traceback."""
+    try:
+        return make()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _schema_name(cls: type[BaseEvent], *, full: bool = False) -> str:
+    schema = cls.schema
+    if schema is None:
+        return "-"
+    kind = schema if isinstance(schema, type) else type(schema)
+    return f"{kind.__module__}.{kind.__qualname__}" if full else kind.__qualname__
+
+
+# -- dead letters -------------------------------------------------------------------------------
+# The `flask eventlib deadletters ...` group (list, show, replay, purge) goes here; it comes with
+# the delivery work (flask_eventlib/store.py).

@@ -85,7 +85,7 @@ class BaseEvent:
         if self.schema is not None:
             from .schemas import load
 
-            return load(self.schema, self.data)
+            return load(self.schema, self.data, owner=type(self))
         return None
 
     def require_data_keys(self, keys: Iterable[str]) -> None:

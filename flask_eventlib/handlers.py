@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -16,6 +17,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute set on a method marked with ``@handler``.
 HANDLER_MARK = "__eventlib_handler__"
+#: Every function marked with a bare ``@handler``; ``flask_eventlib.testing.check_events`` reports
+#: those that no BaseEvent subclass has (a method of a class that is not an event never runs).
+MARKED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 #: Attribute holding a handler's :class:`RetryPolicy`, when it sets one.
 POLICY_ATTR = "__eventlib_retry_policy__"
 
@@ -121,6 +125,10 @@ def _mark(func: F, policy: RetryPolicy | None = None) -> F:
             f"a handler, name its event: @handler('app.EventName')."
         )
     setattr(func, HANDLER_MARK, True)
+    try:
+        MARKED.add(func)
+    except TypeError:  # no weak references (a staticmethod object): not tracked
+        pass
     if policy is not None:
         setattr(func, POLICY_ATTR, policy)
     return func

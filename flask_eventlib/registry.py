@@ -40,7 +40,10 @@ class Registry:
                 "without dots (it becomes the part before the dot in 'app.EventName')."
             )
         if not (isinstance(cls, type) and issubclass(cls, BaseEvent)) or cls is BaseEvent:
-            raise ConfigurationError(f"{cls!r} is not a subclass of flask_eventlib.BaseEvent")
+            raise ConfigurationError(
+                f"{cls!r} is not a subclass of flask_eventlib.BaseEvent: only event classes can be "
+                "registered; define it as `class Name(BaseEvent): ...`."
+            )
         name = f"{label}.{cls.__name__}"
         existing = self._events.get(name)
         if existing is not None and existing is not cls:
@@ -115,7 +118,10 @@ class Registry:
         """Register ``func`` for ``target`` (``app.EventName``, ``app.*`` or ``*``)."""
         check_target(target)
         if not callable(func):
-            raise ConfigurationError(f"@handler({target!r}) decorates {func!r}, which is not callable")
+            raise ConfigurationError(
+                f"@handler({target!r}) decorates {func!r}, which is not callable: put it on a "
+                "function that takes the event."
+            )
         funcs = self._functions.setdefault(target, [])
         if func not in funcs:
             funcs.append(func)

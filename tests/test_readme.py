@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from flask_eventlib import config
+from tests.markdown import run_page
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -16,33 +15,9 @@ BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 
 def test_python_examples_run(tmp_path: Path) -> None:
     """Blocks starting with ``# file: path`` are written out; the others run in order, as one script."""
-    script = []
-    for lang, code in BLOCKS:
-        if lang != "python":
-            continue
-        first, _, rest = code.partition("\n")
-        if first.startswith("# file: "):
-            path = tmp_path / first.removeprefix("# file: ").strip()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(rest)
-            for parent in path.relative_to(tmp_path).parents:
-                if parent != Path(".") and not (tmp_path / parent / "__init__.py").exists():
-                    (tmp_path / parent / "__init__.py").write_text("")
-        elif code.strip().startswith('log("deals.DealClick"'):
-            continue  # the one-line teaser at the top
-        else:
-            script.append(code)
-    assert len(script) >= 3
-    (tmp_path / "readme_main.py").write_text("\n".join(script) + '\nprint("README OK")\n')
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "readme_main.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("README OK")
+    run = run_page(README, tmp_path, skip=lambda code: code.strip().startswith('log("deals.DealClick"'))
+    assert run.script_blocks >= 3
+    assert run.ok, run.output
 
 
 def test_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:

@@ -181,5 +181,105 @@ def _schema_name(cls: type[BaseEvent], *, full: bool = False) -> str:
 
 
 # -- dead letters -------------------------------------------------------------------------------
-# The `flask eventlib deadletters ...` group (list, show, replay, purge) goes here; it comes with
-# the delivery work (flask_eventlib/store.py).
+
+
+@eventlib_cli.group("deadletters")
+def deadletters() -> None:
+    """Events whose handler failed its last attempt: list, show, replay and purge them."""
+
+
+def _store() -> Any:
+    store = _state().store
+    if store is None:
+        raise click.ClickException("This app has no dead-letter store: set EVENTLIB_STORE_URL.")
+    return store
+
+
+def _select(letters: list[Any], all_: bool, event: str | None, handler: str | None, ids: tuple[str, ...]) -> list[Any]:
+    """The dead letters the options name; ``--all`` alone names every one."""
+    if not (all_ or event or handler or ids):
+        raise click.UsageError("Say which dead letters: ID..., --event ID, --handler NAME or --all.")
+    missing = set(ids) - {letter.id for letter in letters}
+    if missing:
+        raise click.BadParameter(f"no dead letter with the id {', '.join(sorted(missing))}", param_hint="ID")
+
+    def matches(letter: Any) -> bool:
+        return (
+            (not ids or letter.id in ids)
+            and (event is None or letter.event_id == event)
+            and (handler is None or letter.handler == handler or letter.handler.endswith("." + handler))
+        )
+
+    return [letter for letter in letters if matches(letter)]
+
+
+def _when(timestamp: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@deadletters.command("list")
+def deadletters_list() -> None:
+    """One line per dead letter, oldest first."""
+    letters = _store().dead_letters()
+    if not letters:
+        click.echo("No dead letters.")
+        return
+    for letter in letters:
+        click.echo(
+            f"{letter.id}  {_when(letter.last_failed_at)}  {letter.event_name or '?'} {letter.event_id}  "
+            f"{letter.handler or '(undecodable message)'}  after {letter.attempts} attempts: {letter.error}"
+        )
+    click.echo(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}.")
+
+
+@deadletters.command("show")
+@click.argument("letter_id")
+def deadletters_show(letter_id: str) -> None:
+    """Everything about one dead letter: the event, the error and its traceback."""
+    for letter in _store().dead_letters():
+        if letter.id == letter_id:
+            click.echo(f"id:          {letter.id}")
+            click.echo(f"event:       {letter.event_name} {letter.event_id}")
+            click.echo(f"handler:     {letter.handler}")
+            click.echo(f"attempts:    {letter.attempts}")
+            click.echo(f"first failed {_when(letter.first_failed_at)}, last failed {_when(letter.last_failed_at)}")
+            click.echo(f"error:       {letter.error}")
+            click.echo(f"message:     {letter.message}")
+            click.echo(letter.traceback.rstrip())
+            return
+    raise click.BadParameter(f"no dead letter with the id {letter_id}", param_hint="LETTER_ID")
+
+
+@deadletters.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@click.option("--event", help="The dead letters of this event id.")
+@click.option("--handler", help="The dead letters of this handler (its full name or its last part).")
+def deadletters_replay(ids: tuple[str, ...], all_: bool, event: str | None, handler: str | None) -> None:
+    """Run the failed handler of each chosen dead letter again (only that handler), through the workers."""
+    store = _store()
+    chosen = _select(store.dead_letters(), all_, event, handler, ids)
+    dispatcher = _state().dispatcher
+    for letter in chosen:
+        if not letter.handler:
+            click.echo(f"{letter.id}: an undecodable message cannot be replayed; `show` it, then purge it", err=True)
+            continue
+        dispatcher.replay(letter)
+        store.remove_dead_letters([letter.id])
+        click.echo(f"replayed {letter.id}: {letter.handler} for {letter.event_name} {letter.event_id}")
+    click.echo(f"{len(chosen)} dead letter{'s' if len(chosen) != 1 else ''} replayed.")
+
+
+@deadletters.command("purge")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@click.option("--event", help="The dead letters of this event id.")
+@click.option("--handler", help="The dead letters of this handler (its full name or its last part).")
+def deadletters_purge(ids: tuple[str, ...], all_: bool, event: str | None, handler: str | None) -> None:
+    """Delete the chosen dead letters for good."""
+    store = _store()
+    chosen = _select(store.dead_letters(), all_, event, handler, ids)
+    removed = store.remove_dead_letters([letter.id for letter in chosen])
+    click.echo(f"{removed} dead letter{'s' if removed != 1 else ''} purged.")

@@ -327,7 +327,8 @@ class Dispatcher:
         try:
             self.store.add_dead_letter(letter)
         except Exception:
-            logger.exception("Cannot store the dead letter of %s for %s: %s", letter.event_id, handler, message)
+            # The message is not logged: it may hold personal data sent by a browser.
+            logger.exception("Cannot store the dead letter of event %s for %s", letter.event_id, handler)
             return
         if event is not None:
             signals.send(signals.handler_dead_lettered, event, handler=handler, attempt=attempts, error=error)

@@ -99,6 +99,7 @@ class EventLib:
     ) -> None:
         self._overrides = {config.key_for(name): value for name, value in overrides.items()}
         self._celery = celery
+        self._last_celery: Any = None
         self.registry = registry if registry is not None else default_registry
         self.codec = codec if codec is not None else default_codec
         if app is not None:
@@ -113,12 +114,13 @@ class EventLib:
             state = None
         if state is not None and state.extension is self:
             return state.celery
-        if self._celery is None:
+        celery = self._celery if self._celery is not None else self._last_celery
+        if celery is None:
             raise ConfigurationError(
                 "EventLib.celery is made by init_app(app): initialise the extension first, or "
                 "pass celery= to EventLib()"
             )
-        return self._celery
+        return celery
 
     def init_app(self, app: Flask) -> None:
         """Configure ``app``: read settings, discover events, bind the Celery task."""
@@ -138,8 +140,9 @@ class EventLib:
             importlib.import_module(module)
         self._discover(app)
 
+        # A Celery app passed in serves every Flask app; otherwise each Flask app gets its own.
         celery = self._celery if self._celery is not None else self._create_celery(app, queue)
-        self._celery = celery
+        self._last_celery = celery
         eager = bool(conf[config.ALWAYS_EAGER])
 
         def run(messages: list[str]) -> None:
@@ -196,7 +199,11 @@ class EventLib:
         if conf[config.HTTP_ENABLED]:
             from .views import init_http
 
-            init_http(app)
+            try:
+                init_http(app)
+            except Exception:
+                del app.extensions[EXTENSION_KEY]  # not half set up: a second init_app may try again
+                raise
 
     def _discover(self, app: Flask) -> None:
         for blueprint in app.blueprints.values():

@@ -44,17 +44,24 @@ def test_after_its_last_attempt_a_handler_is_dead_lettered_and_replay_runs_only_
     assert int(client.get(f"{worker.records.key}:attempts:{event_id}")) == 3
     assert worker.records.handlers_for(event_id) == ["AlwaysFails.fine"]
 
+    cli = worker.app.test_cli_runner()
+    listed = cli.invoke(args=["eventlib", "deadletters", "list"])
+    assert listed.exit_code == 0
+    assert f"{letter.id}  " in listed.output and "AlwaysFails.broken  after 3 attempts" in listed.output
+    shown = cli.invoke(args=["eventlib", "deadletters", "show", letter.id])
+    assert "RuntimeError: still broken" in shown.output and f"event:       ops.AlwaysFails {event_id}" in shown.output
+
     client.set(f"{worker.records.key}:fixed:{fix}", 1)  # the bug is fixed; replay the dead letter
-    with worker.app.app_context():
-        worker.app.extensions["eventlib"].dispatcher.replay(letter)
-        store.remove_dead_letters([letter.id])
+    replayed = cli.invoke(args=["eventlib", "deadletters", "replay", "--event", event_id])
+    assert replayed.exit_code == 0, replayed.output
+    assert "1 dead letter replayed." in replayed.output
     worker.records.wait_handlers(event_id, 2)
     assert worker.records.handlers_for(event_id) == ["AlwaysFails.fine", "AlwaysFails.broken"]
     assert not [d for d in store.dead_letters() if d.event_id == event_id]
     store.close()
 
 
-def test_dont_retry_goes_to_the_dead_letters_at_once(worker: Worker) -> None:
+def test_dont_retry_goes_to_the_dead_letters_at_once_and_purge_removes_it(worker: Worker) -> None:
     store = store_from_url(worker.store_url)
     with worker.app.app_context():
         event_id = log("ops.Permanent")
@@ -62,6 +69,14 @@ def test_dont_retry_goes_to_the_dead_letters_at_once(worker: Worker) -> None:
     assert letter.attempts == 1
     assert "DontRetry('customer 7 was deleted')" == letter.error
     assert int(worker.records.client.get(f"{worker.records.key}:attempts:{event_id}")) == 1
+    cli = worker.app.test_cli_runner()
+    refused = cli.invoke(args=["eventlib", "deadletters", "purge"])
+    assert refused.exit_code == 2 and "Say which dead letters" in refused.output
+    unknown = cli.invoke(args=["eventlib", "deadletters", "replay", "no-such-id"])
+    assert unknown.exit_code == 2 and "no dead letter with the id no-such-id" in unknown.output
+    purged = cli.invoke(args=["eventlib", "deadletters", "purge", "--handler", "Permanent.refuse"])
+    assert purged.exit_code == 0 and "1 dead letter purged." in purged.output
+    assert not [d for d in store.dead_letters() if d.event_id == event_id]
     store.close()
 
 

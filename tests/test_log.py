@@ -251,3 +251,17 @@ def test_no_broker_means_the_embedded_filesystem_broker(tmp_path: Any) -> None:
     ext = EventLib(app, registry=Registry())
     assert ext.celery.conf.broker_url == "filesystem://"
     assert (tmp_path / "eventlib-broker" / "queue").is_dir()
+
+
+def test_one_extension_gives_each_app_its_own_celery_app() -> None:
+    ext = EventLib(registry=Registry())
+    first, second = Flask("first"), Flask("second")
+    first.config["EVENTLIB_BROKER_URL"] = "memory://"
+    second.config["EVENTLIB_BROKER_URL"] = REDIS_URL
+    ext.init_app(first)
+    ext.init_app(second)
+    with first.app_context():
+        assert ext.celery.conf.broker_url == "memory://"
+    with second.app_context():
+        assert ext.celery.conf.broker_url == REDIS_URL
+    assert ext.celery is second.extensions["eventlib"].celery  # outside a context: the last one set up

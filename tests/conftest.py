@@ -43,6 +43,27 @@ def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float =
         time.sleep(interval)  # polling interval with a deadline, not a wait for work
 
 
+@pytest.fixture
+def tmp_package(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path`` on ``sys.path``; modules imported from it are forgotten afterwards."""
+    sys.path.insert(0, str(tmp_path))
+    before = set(sys.modules)
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def clean_up_run(client: redis.Redis, record_key: str, app: Flask, queue: str) -> None:
+    """Delete a run's Redis keys and, on RabbitMQ, its queue."""
+    for key in client.scan_iter(f"{record_key}*"):
+        client.delete(key)
+    celery = app.extensions["eventlib"].celery
+    if str(celery.conf.broker_url).startswith("amqp"):
+        with celery.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL)
@@ -186,11 +207,7 @@ def worker(
         yield Worker(broker, broker_url, queue, Records(redis_client, record_key), log_path, process, app, store_url)
     finally:
         stop_process(process)
-        for key in redis_client.scan_iter(f"{record_key}*"):
-            redis_client.delete(key)
-        if broker == "amqp":
-            with app.extensions["eventlib"].celery.connection_for_write() as conn:
-                conn.default_channel.queue_delete(queue)
+        clean_up_run(redis_client, record_key, app, queue)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -199,16 +198,6 @@ def test_a_handler_method_in_a_class_that_is_not_an_event_is_reported(forget: li
         "never runs: define it as `class DealClick(BaseEvent)`, or register a function with "
         "@handler('app.EventName')."
     ]
-
-
-@pytest.fixture
-def tmp_package(tmp_path: Path) -> Iterator[Path]:
-    sys.path.insert(0, str(tmp_path))
-    before = set(sys.modules)
-    yield tmp_path
-    sys.path.remove(str(tmp_path))
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
 
 
 def test_duplicate_names_from_a_blueprint_and_an_events_module(tmp_package: Path) -> None:

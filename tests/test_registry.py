@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,16 +136,6 @@ def test_duplicate_event_names_are_refused() -> None:
         registry.register_event("one", other)
     with pytest.raises(ConfigurationError, match="cannot also be 'two.Clash'"):
         registry.register_event("two", Clash)
-
-
-@pytest.fixture
-def tmp_package(tmp_path: Path) -> Iterator[Path]:
-    sys.path.insert(0, str(tmp_path))
-    before = set(sys.modules)
-    yield tmp_path
-    sys.path.remove(str(tmp_path))
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
 
 
 def write(path: Path, text: str) -> None:

@@ -13,7 +13,7 @@ import redis
 
 from flask_eventlib import flush, log
 from tests.chaos.conftest import CHAOS_EVENTS
-from tests.conftest import BROKERS, REDIS_URL, start_worker, stop_process, wait_for, wait_worker_ready
+from tests.conftest import BROKERS, REDIS_URL, clean_up_run, start_worker, stop_process, wait_for, wait_worker_ready
 from tests.sample import create_app
 
 #: Redis redelivers a dead worker's unacknowledged messages after this many seconds.
@@ -81,8 +81,4 @@ def test_sigkill_mid_handler_loses_no_event(
         stop_process(first)
         if second is not None:
             stop_process(second)
-        for key in redis_client.scan_iter(f"{record_key}*"):
-            redis_client.delete(key)
-        if broker == "amqp":
-            with app.extensions["eventlib"].celery.connection_for_write() as conn:
-                conn.default_channel.queue_delete(queue)
+        clean_up_run(redis_client, record_key, app, queue)

@@ -96,8 +96,14 @@ class Dispatcher:
                 f"The data of {name} must be a dict, not {type(data).__name__}",
                 messages={"_schema": ["Data must be an object."]},
             )
+        try:
+            copied = _copy(data)
+        except RecursionError:
+            raise ValidationError(
+                f"The data of {name} is nested too deeply", messages={"_schema": ["Data is nested too deeply."]}
+            ) from None
         event = cls(
-            _copy(data),
+            copied,
             id=id or str(uuid.uuid4()),
             context=context,
             logged_at=dt.datetime.now(dt.UTC),

@@ -89,6 +89,8 @@ class Codec:
         """
         try:
             return self._encode(value)
+        except RecursionError:
+            raise SerializationError(f"Cannot serialize {root}: it is nested too deeply") from None
         except _Unsupported as exc:
             where = root + "".join(reversed(exc.path))
             kind = type(exc.value)

@@ -265,3 +265,14 @@ def test_one_extension_gives_each_app_its_own_celery_app() -> None:
     with second.app_context():
         assert ext.celery.conf.broker_url == REDIS_URL
     assert ext.celery is second.extensions["eventlib"].celery  # outside a context: the last one set up
+
+
+def test_data_nested_too_deeply_is_refused_clearly(eager_app: Flask, records: Records) -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5000):
+        node["x"] = {}
+        node = node["x"]
+    with eager_app.app_context(), pytest.raises(ValidationError, match="nested too deeply"):
+        log("deals.Typed", {"deep": deep})
+    assert records.all() == []

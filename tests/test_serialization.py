@@ -145,3 +145,13 @@ def test_bad_payloads_raise_serialization_errors() -> None:
         default_codec.loads('{"$t": "decimal", "$v": "ten"}')
     with pytest.raises(SerializationError, match="Cannot decode a 'float' value"):
         default_codec.loads('{"$t": "float", "$v": "1.5"}')
+
+
+def test_values_nested_too_deeply_raise_a_serialization_error() -> None:
+    deep: list[Any] = []
+    node = deep
+    for _ in range(5000):
+        node.append([])
+        node = node[0]
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        default_codec.encode(deep, root="data")

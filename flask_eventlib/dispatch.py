@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 import random
+import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -104,7 +105,7 @@ class Dispatcher:
             ) from None
         event = cls(
             copied,
-            id=id or str(uuid.uuid4()),
+            id=id or new_event_id(),
             context=context,
             logged_at=dt.datetime.now(dt.UTC),
             registry=self.registry,
@@ -395,6 +396,39 @@ class HandlerResult:
 def _target(call: Callable[[], Any]) -> Any:
     """The handler function behind a zero-argument call from ``BaseEvent._handler_calls``."""
     return call.func if isinstance(call, functools.partial) else call
+
+
+class _IdPool:
+    """Random version-4 UUIDs from a per-process pool of ``os.urandom`` bytes.
+
+    ``uuid.uuid4()`` calls ``os.urandom`` for every id, which releases the GIL and lets the
+    background sender take it for a whole publish in the middle of a request; a pool reads the
+    OS's randomness once per 256 ids. Not :mod:`random`: an application's ``random.seed()``
+    would repeat ids, and dedup would then skip handlers.
+    """
+
+    _SIZE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._pool = b""
+        self._pos = self._SIZE
+
+    def __call__(self) -> str:
+        with self._lock:
+            pos = self._pos
+            if pos >= self._SIZE or self._pid != os.getpid():  # a forked child must not reuse ids
+                self._pool, self._pid, pos = os.urandom(self._SIZE), os.getpid(), 0
+            self._pos = pos + 16
+            chunk = self._pool[pos : pos + 16]
+        number = (int.from_bytes(chunk) & 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF) | 0x00000000000040008000000000000000
+        h = f"{number:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: A new event id: a random (version 4) UUID as a string.
+new_event_id = _IdPool()
 
 
 def _copy(value: Any) -> Any:

@@ -161,6 +161,7 @@ class EventLib:
             spool=Spool(spool_path, int(conf[config.SPOOL_MAX_EVENTS])),
             max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
             retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,
+            linger=float(conf[config.PUBLISH_LINGER]),
         )
         _flush_at_exit(sender)
         dispatcher = Dispatcher(

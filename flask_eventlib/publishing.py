@@ -122,7 +122,10 @@ class Sender:
     :param send: publishes one batch as one message; raises on failure.
     :param spool: where batches wait while the broker is down (``None``: keep retrying in memory).
     :param max_batch: the most events in one message.
-    :param retry_interval: seconds between attempts to reach a broker that failed.
+    :param retry_interval: seconds between attempts to reach a broker that failed; meanwhile
+        new events go straight to the spool.
+    :param linger: seconds the thread waits, once events arrive, for more to join the same
+        message (requests ending meanwhile); :meth:`flush` cuts it short.
     """
 
     def __init__(
@@ -132,11 +135,15 @@ class Sender:
         spool: Spool | None = None,
         max_batch: int = 100,
         retry_interval: float = 1.0,
+        linger: float = 0.0,
     ) -> None:
         self.send = send
         self.spool = spool
         self.max_batch = max_batch
         self.retry_interval = retry_interval
+        self.linger = linger
+        self._hurry = threading.Event()
+        self._next_retry = 0.0
         self._lock = threading.Lock()
         self._pid = 0
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
@@ -162,6 +169,7 @@ class Sender:
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything submitted so far is published or spooled; ``False`` on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._hurry.set()
         with self._done_cond:
             target = self._submitted
             while self._done < target:
@@ -202,6 +210,11 @@ class Sender:
                 self._retry_backlog()
                 continue
             batch = list(first or [])
+            if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
+                # Waiting on an Event, not the queue: later submits don't wake the thread, so the
+                # events of the requests ending meanwhile join this message.
+                self._hurry.wait(self.linger)
+            self._hurry.clear()
             while len(batch) < self.max_batch:
                 try:
                     more = self._queue.get_nowait()
@@ -218,7 +231,9 @@ class Sender:
         return bool(self._backlog) or self._broker_down
 
     def _deliver(self, batch: list[str]) -> None:
-        if self._has_backlog():
+        # While the broker is down, events go straight to the spool; the broker is tried again
+        # once per retry_interval, not for every batch (a dead broker can take a timeout to say no).
+        if self._has_backlog() and time.monotonic() >= self._next_retry:
             self._retry_backlog()
         if not self._has_backlog():
             try:
@@ -226,6 +241,7 @@ class Sender:
                 return
             except Exception as exc:
                 self._broker_down = True
+                self._next_retry = time.monotonic() + self.retry_interval
                 logger.warning("The broker refused %d events (%s); keeping them in the spool", len(batch), exc)
         self._keep(batch, "broker unavailable")
 
@@ -262,4 +278,5 @@ class Sender:
             self._broker_down = False
         except Exception as exc:
             self._broker_down = True
+            self._next_retry = time.monotonic() + self.retry_interval
             logger.debug("The broker is still unavailable: %s", exc)

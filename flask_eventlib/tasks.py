@@ -125,10 +125,18 @@ def make_send(celery: Celery, queue: str) -> Callable[[list[str]], None]:
         try:
             if "producer" not in kept:
                 conn = celery.connection_for_write()
-                conn.ensure_connection(max_retries=1)
+                conn.ensure_connection(max_retries=0)  # fail at once: the sender spools instead
                 kept.update(pid=os.getpid(), conn=conn, producer=conn.Producer(serializer="json"))
             celery.send_task(
-                TASK_NAME, args=(messages,), queue=queue, producer=kept["producer"], retry=False, serializer="json"
+                TASK_NAME,
+                args=(messages,),
+                queue=queue,
+                producer=kept["producer"],
+                retry=False,
+                serializer="json",
+                # Celery would otherwise build a repr of every event for its logs (~80 us a message).
+                argsrepr=f"<{len(messages)} events>",
+                kwargsrepr="{}",
             )
         except Exception:
             conn = kept.pop("conn", None)

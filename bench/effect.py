@@ -1,0 +1,36 @@
+"""The side effect both sides of the worker benchmark run: one Redis INCR per event.
+
+The counter's first and last increments also store a timestamp, so the throughput is measured
+from the first handler run to the last, without the worker's start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def client() -> redis.Redis:
+    """A Redis client of this process (worker children are forked: never share a parent's)."""
+    pid = os.getpid()
+    found = _clients.get(pid)
+    if found is None:
+        _clients.clear()
+        found = _clients[pid] = redis.Redis.from_url(REDIS_URL)
+    return found
+
+
+def touch(key: str, total: int) -> None:
+    """Count one event under ``key``; the 1st and the ``total``-th also store when they ran."""
+    r = client()
+    count = r.incr(f"{key}:count")
+    if count == 1:
+        r.set(f"{key}:first", repr(time.time()))
+    if count == total:
+        r.set(f"{key}:last", repr(time.time()))

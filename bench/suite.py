@@ -1,0 +1,347 @@
+"""The whole run: each benchmark against its baseline, in one process, into one table."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from . import inprocess, serving, workers
+from .app import create_app
+from .measure import Report, Row, Target, machine, micros, percentile
+from .procs import ROOT, BenchError, free_port, gunicorn
+
+#: The JS client the extension serves; benchmark 5 measures it gzipped.
+JS_CLIENT = ROOT / "flask_eventlib" / "static" / "eventlib.js"
+JS_BUDGET = 1024
+#: A rate limit high enough never to answer 429 during the ingest benchmark.
+HIGH_RATE_LIMIT = "1000000/minute"
+#: An address where no broker listens (benchmark 6).
+DEAD_BROKER = "redis://127.0.0.1:1/0"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each benchmark does."""
+
+    log_requests: int  #: 1: requests of 10 log() calls (and as many of 10 delay() calls)
+    work_requests: int  #: 2, total work: requests of each kind, in this process
+    http_requests: int  #: 2, time to response: sequential HTTP requests of each kind
+    worker_events: int  #: 3: events through flask-eventlib's worker (each run)
+    raw_events: int  #: 3: raw tasks through the baseline worker
+    load_seconds: float  #: 4: seconds of load on each endpoint (each run)
+    load_rounds: int  #: 4: alternations bare / ingest in those seconds
+    down_requests: int  #: 6: requests of 10 log() calls with the broker down
+
+
+FULL = Sizes(
+    log_requests=2000,
+    work_requests=1000,
+    http_requests=1000,
+    worker_events=20000,
+    raw_events=5000,
+    load_seconds=12,
+    load_rounds=4,
+    down_requests=2000,
+)
+QUICK = Sizes(
+    log_requests=100,
+    work_requests=50,
+    http_requests=30,
+    worker_events=300,
+    raw_events=100,
+    load_seconds=2,
+    load_rounds=2,
+    down_requests=50,
+)
+#: Benchmarks by number, in the order they run.
+ALL = ("1", "2", "3", "4", "5", "6")
+
+
+class Run:
+    """Names and clean-up of one run: unique queues and Redis keys, a temporary folder."""
+
+    def __init__(self, redis_url: str, sizes: Sizes, folder: Path, install: bool) -> None:
+        self.redis_url = redis_url
+        self.sizes = sizes
+        self.folder = folder
+        self.install = install
+        self.id = uuid.uuid4().hex[:8]
+        self.client = redis.Redis.from_url(redis_url)
+        self.report = Report([])
+        self.load_at_start = os.getloadavg()[0]
+        self.errors = 0
+        # Read by bench.effect in this process and in the workers it starts.
+        os.environ["BENCH_REDIS_URL"] = redis_url
+
+    def config(self, name: str, **extra: Any) -> dict[str, Any]:
+        """Settings of the bench app for one benchmark: its own queues, keys, spool and store."""
+        base = f"bench-{self.id}-{name}"
+        return {
+            "EVENTLIB_BROKER_URL": self.redis_url,
+            "EVENTLIB_QUEUE": base,
+            "EVENTLIB_STORE_URL": f"{self.redis_url}?prefix=bench:{self.id}:store:",
+            "EVENTLIB_SPOOL_PATH": str(self.folder / f"{name}-spool.sqlite3"),
+            "BENCH_RAW_QUEUE": f"{base}-raw",
+            "BENCH_KEY": f"bench:{self.id}:{name}",
+            **extra,
+        }
+
+    def cleanup(self) -> None:
+        """Delete every queue and key of this run (kombu keeps a queue's bindings in ``_kombu.binding*``)."""
+        for pattern in (f"bench-{self.id}-*", f"_kombu.binding*.bench-{self.id}-*", f"bench:{self.id}:*"):
+            keys = list(self.client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                self.client.delete(*keys[start : start + 500])
+
+    def step(self, title: str, rows: list[Row], body: Callable[[], None]) -> None:
+        """Run one benchmark; if it fails, its rows say so and the run goes on."""
+        print(f"[bench] {title}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        try:
+            body()
+        except Exception as exc:
+            self.errors += 1
+            traceback.print_exc()
+            for row in rows:
+                if row.ratio is None and not row.missing:
+                    row.missing = f"n/a (error: {type(exc).__name__})"
+            self.report.notes.append(f"{title} failed: {exc}")
+        self.report.rows.extend(rows)
+        print(f"[bench]   {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def _cpu(load: serving.Load) -> str:
+    per_request = load.cpu_per_request
+    return "" if per_request is None else f", {micros(per_request)} CPU/req"
+
+
+def _row(id: str, what: str, target: Target | None = None) -> Row:
+    return Row(id, what, "", "", None, target)
+
+
+def _fill(row: Row, ours: str, baseline: str, ratio: float) -> None:
+    row.ours, row.baseline, row.ratio = ours, baseline, ratio
+
+
+# -- the benchmarks ---------------------------------------------------------------------------------
+
+
+def bench_log_call(run: Run) -> dict[str, float]:
+    """1. log() in a request against a raw delay() of the same payload."""
+    p50 = _row("1a", "`log()` in a request, p50", Target(0.05))
+    p99 = _row("1b", "`log()` in a request, p99", Target(0.10))
+    figures: dict[str, float] = {}
+
+    def body() -> None:
+        app, samples = inprocess.timed_app(**run.config("call"))
+        times = inprocess.log_vs_delay(app, samples, run.sizes.log_requests)
+        for row, pct in ((p50, 50), (p99, 99)):
+            ours, base = percentile(times.log, pct), percentile(times.delay, pct)
+            _fill(row, micros(ours), f"raw `delay()` p{pct}: {micros(base)}", ours / base)
+            figures[f"delay_p{pct}"] = base
+
+    run.step("1. log() in a request vs raw delay()", [p50, p99], body)
+    return figures
+
+
+def bench_request(run: Run) -> None:
+    """2. A request logging 10 events against one logging none and one doing 10 raw delay() calls."""
+    response = _row("2a", "request logging 10 events vs none: time to response, p50", Target(1.30))
+    delays = _row("2b", "request doing 10 raw `delay()` vs none: time to response, p50")
+    work = _row("2c", "request logging 10 events, publish included, vs 10 raw `delay()`: work, p50", Target(0.20))
+
+    def timed() -> None:
+        config = run.config("request")
+        port = free_port()
+        with gunicorn(port, run.folder / "gunicorn-request.log", config, workers=2):
+            times = serving.response_times(port, ["/log/10", "/log/0", "/delay/10"], run.sizes.http_requests)
+        none = percentile(times["/log/0"], 50)
+        ours = percentile(times["/log/10"], 50)
+        raw = percentile(times["/delay/10"], 50)
+        _fill(response, micros(ours), f"logging none: {micros(none)}", ours / none)
+        _fill(delays, micros(raw), f"logging none: {micros(none)}", raw / none)
+
+    def in_process() -> None:
+        app, _ = create_app(**run.config("work"))
+        measured = inprocess.request_work(app, run.sizes.work_requests)
+        ours = percentile(measured.log_and_publish, 50)
+        raw = percentile(measured.delay, 50)
+        empty = percentile(measured.empty, 50)
+        _fill(work, micros(ours), f"10 raw `delay()`: {micros(raw)}", ours / raw)
+        run.report.notes.append(
+            f"2c runs in one process (WSGI calls, no sockets): the request logging 10 events took "
+            f"{micros(ours)} at p50 including the wait for its message to be published (`flush()`); the "
+            f"same request logging none took {micros(empty)}."
+        )
+
+    run.step("2. a request logging 10 events: time to response (gunicorn)", [response, delays], timed)
+    run.step("2. a request logging 10 events: total work (in process)", [work], in_process)
+
+
+def bench_worker(run: Run) -> None:
+    """3. Events per second through a real worker, against raw Celery tasks one per event."""
+    dedup = _row("3a", "worker events/s, dedup on, vs raw Celery, 1 task per event", Target(3.0, at_most=False))
+    no_dedup = _row("3b", "worker events/s, dedup off, vs raw Celery, 1 task per event")
+    sizes = run.sizes
+
+    def body() -> None:
+        timeout = 60 + sizes.worker_events / 100
+
+        def measure(name: str, events: int, raw: bool, **extra: Any) -> workers.Throughput:
+            config = run.config(name, **extra)
+            return workers.throughput(run.client, config, events, run.folder / f"{name}.log", raw=raw, timeout=timeout)
+
+        # The baseline before and after ours, averaged, so a drift of the machine touches both sides.
+        before = measure("worker-raw-1", sizes.raw_events, raw=True)
+        ours = [
+            (row, measure(name, sizes.worker_events, raw=False, EVENTLIB_DEDUP_TTL=ttl))
+            for row, name, ttl in ((dedup, "worker-dedup", 86_400), (no_dedup, "worker-nodedup", 0))
+        ]
+        after = measure("worker-raw-2", sizes.raw_events, raw=True)
+        raw = (before.per_second + after.per_second) / 2
+        base = f"{raw:,.0f}/s (2 runs of {sizes.raw_events} tasks)"
+        for row, measured in ours:
+            per_message = measured.events // max(1, measured.messages)
+            ours_text = f"{measured.per_second:,.0f}/s ({measured.events} events, {per_message} per message)"
+            _fill(row, ours_text, base, measured.per_second / raw)
+        run.report.notes.append(
+            f"3: `celery worker --pool=prefork --concurrency={workers.CONCURRENCY}` on both sides, the queue "
+            "filled first, timed from the first handler run to the last; each handler and each raw task does "
+            "one Redis INCR. flask-eventlib's worker runs its crash-safe settings (acks late, prefetch 1); the "
+            "raw one Celery's defaults."
+        )
+
+    run.step("3. worker throughput (real workers)", [dedup, no_dedup], body)
+
+
+def bench_ingest(run: Run) -> None:
+    """4. POST /event/log requests per second under gunicorn, against a bare endpoint of the same app."""
+    off = _row("4a", "`POST /event/log` req/s vs a bare 204 endpoint, rate limit off", Target(0.70, at_most=False))
+    on = _row("4b", "`POST /event/log` req/s vs a bare 204 endpoint, rate limit on", Target(0.70, at_most=False))
+
+    def body() -> None:
+        probe, _ = create_app(**run.config("probe"))
+        if "eventlib.log" not in probe.view_functions:
+            for row in (off, on):
+                row.missing = "n/a (no /event/log)"
+            return
+        wrk = serving.ensure_wrk(run.install)
+        connections = 4
+        for row, limit in ((off, None), (on, HIGH_RATE_LIMIT)):
+            name = "ingest-limited" if limit else "ingest"
+            config = run.config(name, EVENTLIB_RATE_LIMIT=limit)
+            posted = serving.ingest_body(config["BENCH_KEY"])
+            port = free_port()
+            with gunicorn(port, run.folder / f"gunicorn-{name}.log", config, workers=2) as server:
+                compared = serving.compare_load(
+                    server, port, wrk, posted, run.sizes.load_seconds, run.folder, connections, run.sizes.load_rounds
+                )
+            bare, ingest = compared.total(compared.bare), compared.total(compared.ingest)
+            if ingest.failed or bare.failed:
+                raise BenchError(f"{ingest.failed} ingest and {bare.failed} bare requests failed ({name})")
+            _fill(
+                row,
+                f"{ingest.per_second:,.0f} req/s{_cpu(ingest)}",
+                f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
+                compared.ratio,
+            )
+        tool = "wrk (1 thread)" if wrk else "Python threads (wrk unavailable)"
+        run.report.notes.append(
+            f"4: gunicorn, 2 sync workers, {connections} connections from {tool}, "
+            f"{run.sizes.load_seconds:g} s per endpoint in {run.sizes.load_rounds} alternating rounds (the ratio is "
+            "the median of the rounds' ratios; CPU/req is the gunicorn workers' CPU time per request, which "
+            "other processes on the machine disturb less than the rate); each POST carries one event "
+            '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin).'
+        )
+
+    run.step("4. ingest throughput (gunicorn + load generator)", [off, on], body)
+
+
+def bench_js(run: Run) -> None:
+    """5. The JS client's gzipped size against its budget."""
+    row = _row("5", "JS client (`flask_eventlib/static/eventlib.js`), gzip -9, vs budget", Target(1.0))
+
+    def body() -> None:
+        if not JS_CLIENT.exists():
+            row.missing = "n/a (not built)"
+            return
+        size = len(gzip.compress(JS_CLIENT.read_bytes(), compresslevel=9, mtime=0))
+        _fill(row, f"{size} B", f"budget: {JS_BUDGET} B", size / JS_BUDGET)
+
+    run.step("5. JS client size", [row], body)
+
+
+def bench_broker_down(run: Run, delay: dict[str, float]) -> None:
+    """6. log() while the broker is unreachable, against raw delay() with a working broker."""
+    p50 = _row("6a", "`log()` in a request, broker down, p50", Target(0.05))
+    p99 = _row("6b", "`log()` in a request, broker down, p99", Target(0.10))
+
+    def body() -> None:
+        if not delay:
+            app, samples = inprocess.timed_app(**run.config("call-again"))
+            times = inprocess.log_vs_delay(app, samples, run.sizes.log_requests)
+            delay.update(delay_p50=percentile(times.delay, 50), delay_p99=percentile(times.delay, 99))
+        config = run.config("down", EVENTLIB_BROKER_URL=DEAD_BROKER, EVENTLIB_STORE_URL="memory://")
+        command = [sys.executable, "-m", "bench.inprocess", "down", json.dumps(config), str(run.sizes.down_requests)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"bench.inprocess down exited with {done.returncode}: {done.stderr[-1000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        for row, pct in ((p50, 50), (p99, 99)):
+            ours, base = percentile(result["log"], pct), delay[f"delay_p{pct}"]
+            _fill(row, micros(ours), f"raw `delay()` p{pct}, broker up: {micros(base)}", ours / base)
+        once = result["delay_down"]
+        run.report.notes.append(
+            f"6: a raw `delay()` against the same dead broker blocked {once['seconds']:.2f} s and raised "
+            f"{once['error']}. While down, the sender had spooled {result['spooled_after_logging']} of the "
+            f"{result['logged']} events logged in {result['logging_took']:.2f} s, and "
+            f"{result['spooled_after_2s']} two seconds later ({result['logged'] - result['spooled_after_2s']} "
+            "still only in memory)."
+        )
+
+    run.step("6. log() while the broker is down", [p50, p99], body)
+
+
+def run_all(redis_url: str, sizes: Sizes, only: tuple[str, ...] = ALL, install: bool = True) -> tuple[Report, int]:
+    """Run the benchmarks in ``only``; return the report and how many benchmarks failed."""
+    with tempfile.TemporaryDirectory(prefix="eventlib-bench-") as tmp:
+        run = Run(redis_url, sizes, Path(tmp), install)
+        names = f"queues bench-{run.id}-*, keys bench:{run.id}:*"
+        print(f"[bench] run {run.id}: {names} (deleted at the end)", file=sys.stderr)
+        try:
+            delay: dict[str, float] = {}
+            if "1" in only:
+                delay = bench_log_call(run)
+            if "2" in only:
+                bench_request(run)
+            if "3" in only:
+                bench_worker(run)
+            if "4" in only:
+                bench_ingest(run)
+            if "5" in only:
+                bench_js(run)
+            if "6" in only:
+                bench_broker_down(run, delay)
+        finally:
+            run.cleanup()
+        run.report.machine = machine(redis_url, run.load_at_start)
+        if run.load_at_start > 0.5 * (os.cpu_count() or 1):
+            run.report.notes.append(
+                f"Other processes kept the machine busy (load average {run.load_at_start:.2f} on {os.cpu_count()} "
+                "cores when the run began): absolute figures are noisy; the ratios, measured side by side, less so."
+            )
+        return run.report, run.errors

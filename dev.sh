@@ -107,9 +107,24 @@ ensure_typescript() {
   fi
 }
 
+ensure_js() {
+  # The JS client's build and test tools (package-lock.json at the root), and the browser of
+  # tests/e2e: Debian's chromium, driven by the Python playwright package (no browser download).
+  local stamp="$ROOT/node_modules/.eventlib-installed" want
+  want=$(sha256sum "$ROOT/package-lock.json" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    say "installing the JS client's dev dependencies (npm ci)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$ROOT" --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$want" >"$stamp"
+  fi
+  [ -x /usr/bin/chromium ] || [ -n "${EVENTLIB_TEST_CHROMIUM:-}" ] || apt_install chromium
+}
+
 run_tests() {
   setup_python
   ensure_typescript
+  ensure_js
   # The chaos tests start (and kill) a redis-server of their own.
   command -v redis-server >/dev/null || apt_install redis-server
   ensure_redis

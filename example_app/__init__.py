@@ -1,5 +1,12 @@
 """A small shop that shows flask-eventlib: views log events, a Celery worker runs their handlers.
 
+Click through it at http://127.0.0.1:5000/: *Click* on a deal logs ``deals.DealClick`` from the
+browser with the JS client (``yipit.event.log``, loaded by ``{{ eventlib_script() }}`` in
+``base.html``); *Buy* posts a form whose view logs ``deals.Purchase``; *Sign up* logs
+``accounts.SignedUp`` from the browser and shows the validation error the server sends back; the
+*Dashboard* follows the counts the handlers write. Without JavaScript, the forms post to views
+that log the same events on the server.
+
 Run it with ``python -m example_app`` (see ``__main__.py``), or by hand::
 
     celery -A example_app.worker:celery worker --loglevel=INFO   # one terminal

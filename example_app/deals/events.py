@@ -7,13 +7,24 @@ from marshmallow import Schema, fields, validate
 from flask_eventlib import BaseEvent, handler
 
 from .. import store
+from .views import DEALS
+
+
+class DealClickSchema(Schema):
+    """What a browser may send: the id of a deal on offer, nothing else."""
+
+    deal_id = fields.Integer(required=True, strict=True, validate=validate.OneOf(sorted(DEALS)))
 
 
 class DealClick(BaseEvent):
-    """Someone clicked a deal. Data: ``{"deal_id": int}``."""
+    """Someone clicked a deal. Data: ``{"deal_id": int}``.
 
-    def clean(self) -> None:
-        self.require_data_keys(["deal_id"])
+    Public: the deals page logs it from the browser, ``yipit.event.log("deals.DealClick", {deal_id: 7})``.
+    Anyone can send a public event, so its schema checks every field and refuses unknown keys.
+    """
+
+    public = True
+    schema = DealClickSchema
 
     @handler
     def count_click(self) -> None:

@@ -6,7 +6,7 @@ declare global {
   interface YipitEventMap {}
 
   interface YipitEventClient {
-    log<K extends keyof YipitEventMap>(name: K, data: YipitEventMap[K]): Promise<string>;
+    log<K extends keyof YipitEventMap>(name: K, data: YipitEventMap[K]): Promise<{ ok: boolean; id: string; status: number }>;
   }
 
   var yipit: { event: YipitEventClient };

@@ -1,7 +1,7 @@
 // Calls the generated declarations must accept, and (marked @ts-expect-error) calls they must
 // refuse: `tsc --strict` fails if a marked line compiles.
 
-const click: Promise<string> = yipit.event.log("deals.DealClick", { deal_id: 7, source: "list" });
+const click: Promise<{ ok: boolean; id: string }> = yipit.event.log("deals.DealClick", { deal_id: 7, source: "list" });
 yipit.event.log("deals.DealClick", { deal_id: 7 });
 yipit.event.log("deals.Purchase", { deal_id: 1, amount: "19.90", coupon: null, lines: [{ sku: "A-1", qty: 2 }] });
 yipit.event.log("deals.Purchase", { deal_id: 1, amount: 19.9, when: "2024-05-01T12:30:00Z" });

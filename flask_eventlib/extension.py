@@ -167,7 +167,7 @@ class EventLib:
         dispatcher = Dispatcher(
             self.registry,
             self.codec,
-            lambda messages: state.publish(messages),
+            _unset_publish,
             eager=eager,
             propagate=bool(conf[config.PROPAGATE_ERRORS]),
             store=store,
@@ -189,6 +189,7 @@ class EventLib:
             batch_requests=bool(conf[config.BATCH_REQUESTS]) and not eager,
             send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]),
         )
+        dispatcher.publish = state.publish
         app.extensions[EXTENSION_KEY] = state
         app.after_request(state.after_request)
         app.teardown_request(state.teardown_request)
@@ -243,6 +244,10 @@ class EventLib:
             broker_url = "filesystem://"
             settings = {**filesystem_broker_settings(folder), **settings}
         return create_celery(app.import_name, broker_url=broker_url, queue=queue, settings=settings)
+
+
+def _unset_publish(messages: list[str]) -> None:  # pragma: no cover - replaced by init_app
+    raise RuntimeError("init_app() did not finish")
 
 
 def _package_of(import_name: str) -> str:

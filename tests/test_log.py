@@ -276,3 +276,31 @@ def test_data_nested_too_deeply_is_refused_clearly(eager_app: Flask, records: Re
     with eager_app.app_context(), pytest.raises(ValidationError, match="nested too deeply"):
         log("deals.Typed", {"deep": deep})
     assert records.all() == []
+
+
+def test_event_ids_are_unique_version_4_uuids_across_threads_and_forks(tmp_path: Any) -> None:
+    import threading
+
+    from flask_eventlib.dispatch import new_event_id
+
+    found: list[str] = []
+
+    def draw() -> None:
+        found.extend(new_event_id() for _ in range(5000))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(found)) == 20000
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in found[:1000])
+    new_event_id()  # the parent has a pool in use: a forked child must not continue it
+    out = tmp_path / "child"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        out.write_text(",".join(new_event_id() for _ in range(300)))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    parent = {new_event_id() for _ in range(300)}
+    assert not parent & set(out.read_text().split(","))

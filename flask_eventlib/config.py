@@ -37,9 +37,10 @@ BATCH_REQUESTS = "EVENTLIB_BATCH_REQUESTS"
 SEND_ON_FAILED_REQUEST = "EVENTLIB_SEND_ON_FAILED_REQUEST"
 #: The most events in one broker message. Default ``100``.
 MAX_EVENTS_PER_MESSAGE = "EVENTLIB_MAX_EVENTS_PER_MESSAGE"
-#: Seconds the background sender waits, once events arrive, for more events to join the same
-#: broker message (requests ending meanwhile). ``0`` publishes as soon as events arrive.
-#: Default ``0.005``.
+#: The least time, in seconds, between two messages of the background sender: events that come
+#: within it of the last message wait for the next, so under load a message carries the events of
+#: many requests; after a quiet spell an event goes at once. ``0``: every batch at once.
+#: Default ``0.02``.
 PUBLISH_LINGER = "EVENTLIB_PUBLISH_LINGER"
 #: Seconds the sender waits for the broker before spooling events locally. Default ``2.0``.
 PUBLISH_TIMEOUT = "EVENTLIB_PUBLISH_TIMEOUT"
@@ -94,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
     BATCH_REQUESTS: True,
     SEND_ON_FAILED_REQUEST: True,
     MAX_EVENTS_PER_MESSAGE: 100,
-    PUBLISH_LINGER: 0.005,
+    PUBLISH_LINGER: 0.02,
     PUBLISH_TIMEOUT: 2.0,
     SPOOL_PATH: None,
     SPOOL_MAX_EVENTS: 100_000,

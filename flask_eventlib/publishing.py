@@ -124,8 +124,9 @@ class Sender:
     :param max_batch: the most events in one message.
     :param retry_interval: seconds between attempts to reach a broker that failed; meanwhile
         new events go straight to the spool.
-    :param linger: seconds the thread waits, once events arrive, for more to join the same
-        message (requests ending meanwhile); :meth:`flush` cuts it short.
+    :param linger: the least time between two messages: events arriving within ``linger`` of the
+        last message wait for the next one, so under load each message carries many requests'
+        events; after a quiet spell an event goes at once. :meth:`flush` cuts the wait short.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class Sender:
         self.linger = linger
         self._hurry = threading.Event()
         self._next_retry = 0.0
+        self._last_send = 0.0
         self._lock = threading.Lock()
         self._pid = 0
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
@@ -210,22 +212,31 @@ class Sender:
                 self._retry_backlog()
                 continue
             batch = list(first or [])
+            self._take_waiting(batch)
             if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
-                # Waiting on an Event, not the queue: later submits don't wake the thread, so the
-                # events of the requests ending meanwhile join this message.
-                self._hurry.wait(self.linger)
+                # At most one message per `linger` seconds: events that come after a quiet spell
+                # go at once; under load, those of the requests ending meanwhile join the next
+                # message. Waiting on an Event, not the queue, so later submits don't wake the thread.
+                wait = self._last_send + self.linger - time.monotonic()
+                if wait > 0:
+                    self._hurry.wait(wait)
+                    self._take_waiting(batch)
             self._hurry.clear()
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                batch.extend(more or [])
+            self._last_send = time.monotonic()
             for start in range(0, len(batch), self.max_batch):
                 self._deliver(batch[start : start + self.max_batch])
             with self._done_cond:
                 self._done += len(batch)
                 self._done_cond.notify_all()
+
+    def _take_waiting(self, batch: list[str]) -> None:
+        """Move submitted events into ``batch`` without waiting, up to ``max_batch``."""
+        while len(batch) < self.max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            batch.extend(more or [])
 
     def _has_backlog(self) -> bool:
         return bool(self._backlog) or self._broker_down

@@ -184,3 +184,16 @@ def test_log_returns_at_once_while_the_broker_is_unreachable(tmp_path: Path, rec
         assert flush()
     assert elapsed < app.config["EVENTLIB_PUBLISH_TIMEOUT"]
     assert Spool(str(tmp_path / "spool.sqlite3")).pending() == 50
+
+
+def test_the_sender_sends_at_once_after_a_quiet_spell_and_joins_events_under_load() -> None:
+    batches: list[list[str]] = []
+    sender = Sender(batches.append, max_batch=10, linger=5.0)
+    sender.submit(["a"])
+    # Nothing was sent for a while: "a" goes at once, without waiting for the linger.
+    wait_for(lambda: batches == [["a"]], timeout=2, what="the first message")
+    sender.submit(["b"])
+    sender.submit(["c", "d"])
+    assert batches == [["a"]]  # within the linger of the last message: they wait for the next one
+    assert sender.flush(2)  # flush() cuts the wait short
+    assert batches == [["a"], ["b", "c", "d"]]

@@ -75,7 +75,7 @@ MAX_CONTENT_LENGTH = "EVENTLIB_MAX_CONTENT_LENGTH"
 #: Origins (``"https://www.example.com"``) besides the app's own whose pages may log events
 #: through the browser endpoint. Default ``[]``.
 ALLOWED_ORIGINS = "EVENTLIB_ALLOWED_ORIGINS"
-#: Requests per client address to the browser endpoint, in Flask-Limiter's notation
+#: Requests per client address to the browser endpoint, in the notation of ``limits`` (and Flask-Limiter)
 #: (``"120/minute"``, ``"10/second;500/hour"``); ``None`` turns the limit off.
 #: Default ``"120/minute"``.
 RATE_LIMIT = "EVENTLIB_RATE_LIMIT"

@@ -546,7 +546,8 @@ def test_request_bodies_are_not_logged_at_info_or_above(
     make_app: AppFactory, records: Records, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = f"secret-{uuid.uuid4().hex}"
-    client = make_app(EVENTLIB_RATE_LIMIT="8/minute").test_client()
+    # 7 a minute: the foreign-origin request is refused before it is counted, so the 9th is the 8th.
+    client = make_app(EVENTLIB_RATE_LIMIT="7/minute").test_client()
     requests: list[dict[str, Any]] = [
         {"json": {"event": "web.PageView", "data": {"page": secret}}},
         {"json": {"event": "web.Search", "data": {"page": secret}}},
@@ -587,3 +588,14 @@ def test_the_specs_example_through_a_worker(worker: Worker) -> None:
     assert entry["context"]["remote_addr"] == "'198.51.100.20'"
     assert entry["context"]["user_agent"] == "'Browser/2.0'"
     assert "tzinfo=datetime.timezone.utc" in entry["context"]["received_at"]
+
+
+def test_a_foreign_page_cannot_use_up_a_visitors_rate_limit(make_app: AppFactory, records: Records) -> None:
+    client = make_app(EVENTLIB_RATE_LIMIT="1/minute").test_client()
+    foreign = {"Origin": "https://evil.example"}
+    assert [client.post("/event/log?__event__=web.PageView", headers=foreign).status_code for _ in range(3)] == [
+        403
+    ] * 3
+    assert client.post("/event/log?__event__=web.PageView").status_code == 202  # the budget is intact
+    assert client.post("/event/log?__event__=web.PageView").status_code == 429
+    assert len(records.all()) == 1

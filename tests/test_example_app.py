@@ -136,25 +136,38 @@ def filesystem_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exa
         yield example
 
 
-@pytest.fixture
-def redis_example(redis_client: redis.Redis, tmp_path: Path) -> Iterator[tuple[Example, redis.Redis, str]]:
-    """A worker with Redis as the broker and the Redis counters on, under a unique prefix."""
-    name = f"example-test-{uuid.uuid4().hex[:8]}"
+def redis_settings(instance: Path, kind: str) -> dict[str, str]:
+    """Settings for the example on Redis (broker, counters, dedup marks) under a unique key prefix."""
+    name = f"{kind}-{uuid.uuid4().hex[:8]}"
     prefix = f"{name}:"
     settings = {
-        "EXAMPLE_INSTANCE_PATH": str(tmp_path / "instance"),
+        "EXAMPLE_INSTANCE_PATH": str(instance),
         "EVENTLIB_BROKER_URL": REDIS_URL,
         "EVENTLIB_QUEUE": name,
-        # flask-eventlib's dedup marks, under the prefix too so that they are cleaned up below.
+        # flask-eventlib's dedup marks, under the prefix too so that they are cleaned up with it.
         "EVENTLIB_STORE_URL": f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}eventlib:",
         "EXAMPLE_REDIS_URL": REDIS_URL,
         "EXAMPLE_REDIS_PREFIX": prefix,
     }
+    return settings
+
+
+def forget_redis_example(client: redis.Redis, settings: dict[str, str]) -> None:
+    """Delete the queue, kombu's binding and every key under the prefix of :func:`redis_settings`."""
+    name = settings["EVENTLIB_QUEUE"]
+    client.delete(name, f"_kombu.binding.{name}", *client.scan_iter(match=f"{settings['EXAMPLE_REDIS_PREFIX']}*"))
+
+
+@pytest.fixture
+def redis_example(redis_client: redis.Redis, tmp_path: Path) -> Iterator[tuple[Example, redis.Redis, str]]:
+    """A worker with Redis as the broker and the Redis counters on, under a unique prefix."""
+    settings = redis_settings(tmp_path / "instance", "example-test")
+    prefix = settings["EXAMPLE_REDIS_PREFIX"]
     try:
         with running_example(settings, tmp_path / "worker.log") as example:
             yield example, redis_client, prefix
     finally:
-        redis_client.delete(name, f"_kombu.binding.{name}", *redis_client.scan_iter(match=f"{prefix}*"))
+        forget_redis_example(redis_client, settings)
 
 
 # -- through the Flask test client, with a worker process -------------------------------------

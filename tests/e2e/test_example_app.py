@@ -4,7 +4,6 @@ a real Celery worker (Redis as the broker) runs the handlers, and the dashboard 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +11,9 @@ import pytest
 import redis
 from playwright.sync_api import expect
 
-from tests.conftest import REDIS_URL, wait_for
+from tests.conftest import wait_for
 from tests.e2e.conftest import STEP_TIMEOUT_MS, Tab, serve
-from tests.test_example_app import running_example
+from tests.test_example_app import forget_redis_example, redis_settings, running_example
 
 pytestmark = pytest.mark.worker
 
@@ -23,16 +22,7 @@ pytestmark = pytest.mark.worker
 def example_url(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The example app served over HTTP, its worker on Redis, counting in Redis too."""
     folder = tmp_path_factory.mktemp("e2e-example")
-    name = f"example-e2e-{uuid.uuid4().hex[:8]}"
-    prefix = f"{name}:"
-    settings = {
-        "EXAMPLE_INSTANCE_PATH": str(folder / "instance"),
-        "EVENTLIB_BROKER_URL": REDIS_URL,
-        "EVENTLIB_QUEUE": name,
-        "EVENTLIB_STORE_URL": f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}eventlib:",
-        "EXAMPLE_REDIS_URL": REDIS_URL,
-        "EXAMPLE_REDIS_PREFIX": prefix,
-    }
+    settings = redis_settings(folder / "instance", "example-e2e")
     try:
         with running_example(settings, folder / "worker.log") as example:
             url, stop = serve(example.app)
@@ -41,7 +31,7 @@ def example_url(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFact
             finally:
                 stop()
     finally:
-        redis_client.delete(name, f"_kombu.binding.{name}", *redis_client.scan_iter(match=f"{prefix}*"))
+        forget_redis_example(redis_client, settings)
 
 
 def requests_made(page: Any) -> list[str]:

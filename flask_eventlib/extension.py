@@ -157,7 +157,7 @@ class EventLib:
         store = self._create_store(app, celery, eager)
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
         sender = Sender(
-            make_send(celery, queue),
+            make_send(celery, queue, float(conf[config.PUBLISH_TIMEOUT])),
             spool=Spool(spool_path, int(conf[config.SPOOL_MAX_EVENTS])),
             max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
             retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,

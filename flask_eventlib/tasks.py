@@ -111,20 +111,30 @@ def retry_handler(task: Any, message: str, handler: str, attempt: int, first_fai
     task.app.__dict__["_eventlib_retry"](message, handler, attempt, first_failed_at)
 
 
-def make_send(celery: Celery, queue: str) -> Callable[[list[str]], None]:
+def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[list[str]], None]:
     """A function that publishes a list of encoded events as one message, on a kept connection.
 
     Meant for one thread (the sender's). It does not retry: a failure raises at once, so the
     caller can spool the events instead of blocking.
+
+    :param timeout: on Redis, the longest wait for an answer: a broker that stops answering
+        without closing the connection makes the publish fail (and the events go to the spool)
+        instead of hanging the sender.
     """
     kept: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    if str(celery.conf.broker_url or "").startswith(("redis://", "rediss://", "unix://")):
+        transport_options = dict(celery.conf.broker_transport_options or {})
+        transport_options.setdefault("socket_timeout", timeout)
+        transport_options.setdefault("socket_connect_timeout", timeout)
+        options["transport_options"] = transport_options
 
     def send(messages: list[str]) -> None:
         if kept.get("pid") != os.getpid():
             kept.clear()
         try:
             if "producer" not in kept:
-                conn = celery.connection_for_write()
+                conn = celery.connection_for_write(**options)
                 conn.ensure_connection(max_retries=0)  # fail at once: the sender spools instead
                 kept.update(pid=os.getpid(), conn=conn, producer=conn.Producer(serializer="json"))
             celery.send_task(

@@ -197,3 +197,46 @@ def test_the_sender_sends_at_once_after_a_quiet_spell_and_joins_events_under_loa
     assert batches == [["a"]]  # within the linger of the last message: they wait for the next one
     assert sender.flush(2)  # flush() cuts the wait short
     assert batches == [["a"], ["b", "c", "d"]]
+
+
+def test_a_redis_that_stops_answering_sends_events_to_the_spool_not_into_a_hang(
+    tmp_path: Path, records: Records
+) -> None:
+    # A "broker" that accepts connections and reads, but never answers (a network blackhole).
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        app = create_app(
+            EVENTLIB_BROKER_URL=f"redis://127.0.0.1:{server.getsockname()[1]}/0",
+            EVENTLIB_PUBLISH_TIMEOUT=0.5,
+            EVENTLIB_STORE_URL="memory://",
+            EVENTLIB_SPOOL_PATH=str(tmp_path / "spool.sqlite3"),
+            SAMPLE_RECORD_KEY=records.key,
+        )
+        with app.app_context():
+            for n in range(5):
+                log("deals.DealClick", {"deal_id": n})
+            assert flush(timeout=10), "the sender hung on a broker that does not answer"
+        assert Spool(str(tmp_path / "spool.sqlite3")).pending() == 5
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()

@@ -412,14 +412,14 @@ class _IdPool:
     _SIZE = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
+        # A fresh lock too: a fork can copy the parent's lock while another thread holds it.
+        self._lock = threading.Lock()
         self._pool = b""
         self._pos = self._SIZE
-        self._lock = threading.Lock()
 
     def __call__(self) -> str:
         with self._lock:

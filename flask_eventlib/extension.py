@@ -309,8 +309,11 @@ def _flush_at_exit(sender: Sender) -> None:
 @atexit.register
 def _flush_all() -> None:
     for sender in list(_senders):
-        if not sender.flush(timeout=5.0):
-            logger.error("flask-eventlib: %d events were not sent before exit", sender.pending())
+        try:  # one sender's failure must not keep the others from flushing
+            if not sender.flush(timeout=5.0):
+                logger.error("flask-eventlib: %d events were not sent before exit", sender.pending())
+        except Exception:
+            logger.exception("flask-eventlib: a sender failed to flush at exit")
 
 
 def get_dispatcher() -> Dispatcher:

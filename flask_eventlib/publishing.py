@@ -9,6 +9,7 @@ drains the spool to the broker, oldest first, once the broker answers again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import signals
 
@@ -28,6 +29,10 @@ Send = Callable[[list[str]], None]
 
 class SpoolFull(Exception):
     """The spool holds its maximum number of events."""
+
+
+class SpoolError(Exception):
+    """The spool's file cannot be opened, read or written (read-only disk, corrupt file, full disk)."""
 
 
 class Spool:
@@ -45,17 +50,28 @@ class Spool:
         self._lock = threading.RLock()
 
     def _conn(self) -> sqlite3.Connection:
+        try:
+            return self._open()
+        except (OSError, sqlite3.Error) as exc:
+            self._db = None
+            raise SpoolError(f"the spool {self.path} cannot be opened: {exc}") from exc
+
+    def _open(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
             folder = os.path.dirname(self.path)
             if folder:
                 os.makedirs(folder, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS spool ("
-                "id INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL, body TEXT NOT NULL)"
-            )
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS spool ("
+                    "id INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL, body TEXT NOT NULL)"
+                )
+            except BaseException:
+                db.close()
+                raise
             self._db, self._pid = db, os.getpid()
         return self._db
 
@@ -63,8 +79,9 @@ class Spool:
         """Append a batch durably.
 
         :raises SpoolFull: when it would hold more than ``max_events`` events.
+        :raises SpoolError: when the file cannot be written.
         """
-        with self._lock:
+        with self._lock, self._storage("written"):
             self._put(messages)
 
     def _put(self, messages: list[str]) -> None:
@@ -81,16 +98,28 @@ class Spool:
             raise
 
     def pending(self) -> int:
-        """How many events it holds."""
-        with self._lock:
+        """How many events it holds.
+
+        :raises SpoolError: when the file cannot be read.
+        """
+        with self._lock, self._storage("read"):
             (held,) = self._conn().execute("SELECT COALESCE(SUM(count), 0) FROM spool").fetchone()
         return int(held)
+
+    @contextlib.contextmanager
+    def _storage(self, what: str) -> Iterator[None]:
+        """Turn the file's failures into :class:`SpoolError`, so callers tell them from the broker's."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"the spool {self.path} cannot be {what}: {exc}") from exc
 
     def drain(self, send: Send, limit: int = 100) -> int:
         """Send the oldest batches, oldest first, removing each once sent; return events sent.
 
         Stops at the first failure (which propagates) so order is kept. A batch is claimed in a
-        transaction, so two processes sharing the spool never send the same batch.
+        transaction, so two processes sharing the spool never send the same batch. ``send``'s
+        exceptions propagate as they are; the file's own failures as :class:`SpoolError`.
         """
         with self._lock:
             return self._drain(send, limit)
@@ -99,19 +128,22 @@ class Spool:
         db = self._conn()
         sent = 0
         for _ in range(limit):
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                db.execute("COMMIT")
-                break
+            with self._storage("read"):
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1").fetchone()
+                if row is None:
+                    db.execute("COMMIT")
+                    break
             try:
                 messages = json.loads(row[1])
                 send(messages)
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # send()'s own exception is the news
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("DELETE FROM spool WHERE id = ?", (row[0],))
-            db.execute("COMMIT")
+            with self._storage("written"):
+                db.execute("DELETE FROM spool WHERE id = ?", (row[0],))
+                db.execute("COMMIT")
             sent += len(messages)
         return sent
 
@@ -120,13 +152,18 @@ class Sender:
     """A background thread that publishes batches of encoded events and spools what fails.
 
     :param send: publishes one batch as one message; raises on failure.
-    :param spool: where batches wait while the broker is down (``None``: keep retrying in memory).
+    :param spool: where batches wait while the broker is down (``None``: keep them in memory).
     :param max_batch: the most events in one message.
     :param retry_interval: seconds between attempts to reach a broker that failed; meanwhile
         new events go straight to the spool.
     :param linger: the least time between two messages: events arriving within ``linger`` of the
         last message wait for the next one, so under load each message carries many requests'
         events; after a quiet spell an event goes at once. :meth:`flush` cuts the wait short.
+    :param max_memory: the most events held in memory while the broker is down and there is no
+        working spool; past that new events are dropped, counted and signalled. Default: the
+        spool's ``max_events`` (100,000 without a spool).
+    :param spool_retry_interval: seconds before a spool that failed is tried again. The spool is
+        needed only while the broker is down: until then delivery to the broker goes on.
     """
 
     def __init__(
@@ -137,12 +174,16 @@ class Sender:
         max_batch: int = 100,
         retry_interval: float = 1.0,
         linger: float = 0.0,
+        max_memory: int | None = None,
+        spool_retry_interval: float = 30.0,
     ) -> None:
         self.send = send
         self.spool = spool
         self.max_batch = max_batch
         self.retry_interval = retry_interval
         self.linger = linger
+        self.max_memory = max_memory if max_memory is not None else (spool.max_events if spool else 100_000)
+        self.spool_retry_interval = spool_retry_interval
         self._hurry = threading.Event()
         self._next_retry = 0.0
         self._last_send = 0.0
@@ -153,9 +194,14 @@ class Sender:
         self._submitted = 0
         self._done = 0
         self._done_cond = threading.Condition()
-        self._backlog: list[str] = []  # in memory, when there is no spool
+        self._backlog: list[str] = []  # in memory, when there is no working spool
         self._broker_down = False
+        self._spool_usable_at = 0.0  # a failed spool rests until then
+        self._spool_failing = False
+        #: Events dropped because the spool (or the memory backlog) was full.
         self.dropped = 0
+        #: Times the spool failed to open, read or write.
+        self.spool_failures = 0
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -175,56 +221,95 @@ class Sender:
         with self._done_cond:
             target = self._submitted
             while self._done < target:
+                self._ensure_thread()  # a thread that stopped is replaced, and picks up the queue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._done_cond.wait(remaining)
+                self._done_cond.wait(remaining if remaining is None else min(remaining, 1.0))
         return True
 
     def pending(self) -> int:
-        """Events submitted but not yet published or spooled, plus those waiting in the spool."""
+        """Events submitted but not yet published or spooled, plus those waiting in memory or the spool."""
         with self._done_cond:
             waiting = self._submitted - self._done
-        return waiting + len(self._backlog) + (self.spool.pending() if self.spool else 0)
+        spooled = 0
+        if self.spool is not None:
+            with contextlib.suppress(SpoolError):  # the thread logs the spool's failures
+                spooled = self.spool.pending()
+        return waiting + len(self._backlog) + spooled
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
             return
         with self._lock:
-            if self._thread is None or self._pid != os.getpid():
-                # After a fork the parent's thread is gone: start afresh in this process.
+            if self._pid != os.getpid():
+                # After a fork the parent's thread is gone, and what it held is the parent's to send.
                 self._queue = queue.SimpleQueue()
                 self._submitted = self._done = 0
+                self._backlog = []
                 self._pid = os.getpid()
+                self._thread = None
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="flask-eventlib-sender", daemon=True)
                 self._thread.start()
 
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.spool is not None and self.spool.pending():
-            self._broker_down = True  # left over by an earlier process: drain it first
-        while True:
-            timeout = self.retry_interval if self._has_backlog() else None
-            try:
-                first = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._retry_backlog()
-                continue
-            batch = list(first or [])
-            self._take_waiting(batch)
-            if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
-                # At most one message per `linger` seconds: events that come after a quiet spell
-                # go at once; under load, those of the requests ending meanwhile join the next
-                # message. Waiting on an Event, not the queue, so later submits don't wake the thread.
-                wait = self._last_send + self.linger - time.monotonic()
-                if wait > 0:
-                    self._hurry.wait(wait)
-                    self._take_waiting(batch)
-            self._hurry.clear()
-            self._last_send = time.monotonic()
+        """The thread's body: it outlives any error; should it end anyway, it says so and the next
+        :meth:`submit` starts another, which takes over the queue."""
+        try:
+            self._check_leftovers()
+            while True:
+                try:
+                    self._step()
+                except Exception:
+                    logger.exception("The flask-eventlib sender failed unexpectedly; it goes on")
+                    self._hurry.wait(self.retry_interval)  # no busy loop if it keeps failing
+        except BaseException:  # logged here; raising on would only print it again on stderr
+            logger.exception("The flask-eventlib sender thread stopped; the next log() starts another")
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _check_leftovers(self) -> None:
+        if self.spool is None:
+            return
+        try:
+            if self.spool.pending():
+                self._broker_down = True  # left over by an earlier process: drain it first
+        except Exception as exc:
+            self._spool_failed(exc)
+
+    def _step(self) -> None:
+        timeout = self.retry_interval if self._has_backlog() else None
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            self._retry_backlog()
+            return
+        batch = list(first or [])
+        self._take_waiting(batch)
+        if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
+            # At most one message per `linger` seconds: events that come after a quiet spell
+            # go at once; under load, those of the requests ending meanwhile join the next
+            # message. Waiting on an Event, not the queue, so later submits don't wake the thread.
+            wait = self._last_send + self.linger - time.monotonic()
+            if wait > 0:
+                self._hurry.wait(wait)
+                self._take_waiting(batch)
+        self._hurry.clear()
+        self._last_send = time.monotonic()
+        handled = 0
+        try:
             for start in range(0, len(batch), self.max_batch):
                 self._deliver(batch[start : start + self.max_batch])
+                handled = start + self.max_batch
+        except BaseException:
+            self._hold(batch[handled:])  # not lost with the thread: the next one sends them
+            raise
+        finally:
             with self._done_cond:
                 self._done += len(batch)
                 self._done_cond.notify_all()
@@ -256,36 +341,78 @@ class Sender:
                 logger.warning("The broker refused %d events (%s); keeping them in the spool", len(batch), exc)
         self._keep(batch, "broker unavailable")
 
+    def _spool_usable(self) -> bool:
+        return self.spool is not None and time.monotonic() >= self._spool_usable_at
+
     def _keep(self, batch: list[str], reason: str) -> None:
-        if self.spool is None:
-            self._backlog.extend(batch)
-            signals.send(signals.events_spooled, self, count=len(batch), reason=reason)
-            return
-        try:
-            self.spool.put(batch)
-        except SpoolFull as exc:
-            self.dropped += len(batch)
-            logger.error("Dropped %d events: %s (%d dropped so far)", len(batch), exc, self.dropped)
-            signals.send(signals.events_dropped, self, count=len(batch), reason=str(exc))
-        except Exception:
-            self.dropped += len(batch)
-            logger.exception("Dropped %d events: the spool %s failed", len(batch), self.spool.path)
-            signals.send(signals.events_dropped, self, count=len(batch), reason="spool failed")
+        """Keep a batch the broker did not take: in the spool, or in memory if it has failed."""
+        if self.spool is not None and self._spool_usable():
+            try:
+                self.spool.put(batch)
+            except SpoolFull as exc:
+                self._drop(batch, str(exc))
+                return
+            except Exception as exc:
+                self._spool_failed(exc)
+            else:
+                self._spool_works()
+                signals.send(signals.events_spooled, self, count=len(batch), reason=reason)
+                return
+        self._hold(batch)
+        signals.send(signals.events_spooled, self, count=len(batch), reason=reason)
+
+    def _hold(self, batch: list[str]) -> None:
+        """Keep events in memory, up to ``max_memory``; drop (count, log, signal) the rest."""
+        room = max(self.max_memory - len(self._backlog), 0)
+        self._backlog.extend(batch[:room])
+        if len(batch) > room:
+            self._drop(batch[room:], f"{self.max_memory} events already wait in memory")
+
+    def _drop(self, batch: list[str], reason: str) -> None:
+        self.dropped += len(batch)
+        logger.error("Dropped %d events: %s (%d dropped so far)", len(batch), reason, self.dropped)
+        signals.send(signals.events_dropped, self, count=len(batch), reason=reason)
+
+    def _spool_failed(self, exc: Exception) -> None:
+        """A spool that cannot be used rests a while; delivery to a healthy broker goes on."""
+        self.spool_failures += 1
+        self._spool_usable_at = time.monotonic() + self.spool_retry_interval
+        path = self.spool.path if self.spool is not None else None
+        if not self._spool_failing:
+            self._spool_failing = True
+            logger.error(
+                "The spool %s failed (%s); events still go to the broker, and while it is down they "
+                "wait in memory (at most %d). Trying the spool again every %gs.",
+                path,
+                exc,
+                self.max_memory,
+                self.spool_retry_interval,
+            )
         else:
-            signals.send(signals.events_spooled, self, count=len(batch), reason=reason)
+            logger.debug("The spool %s still fails: %s", path, exc)
+        signals.send(signals.spool_failed, self, path=path, error=exc)
+
+    def _spool_works(self) -> None:
+        if self._spool_failing:
+            self._spool_failing = False
+            logger.warning("The spool %s works again", self.spool.path if self.spool else None)
 
     def _retry_backlog(self) -> None:
         try:
-            if self._backlog:
-                while self._backlog:
-                    batch = self._backlog[: self.max_batch]
-                    self.send(batch)
-                    del self._backlog[: len(batch)]
-            if self.spool is not None:
-                while self.spool.drain(self.send):
-                    pass
+            while self._backlog:
+                batch = self._backlog[: self.max_batch]
+                self.send(batch)
+                del self._backlog[: len(batch)]
+            if self.spool is not None and self._spool_usable():
+                try:
+                    while self.spool.drain(self.send):
+                        pass
+                except SpoolError as exc:
+                    self._spool_failed(exc)
+                else:
+                    self._spool_works()
             if self._broker_down:
-                logger.warning("The broker answers again; the spooled events were sent")
+                logger.warning("The broker answers again; the events kept meanwhile were sent")
             self._broker_down = False
         except Exception as exc:
             self._broker_down = True

@@ -7,6 +7,8 @@ into ``log()`` or a worker. Keyword arguments:
 - ``event_rejected(name, error)``: ``log()`` refused it (unknown name, validation, serialization).
 - ``events_spooled(count, reason)``: events went to the local spool because the broker failed.
 - ``events_dropped(count, reason)``: events were dropped because the spool was full.
+- ``spool_failed(path, error)``: the spool could not be opened, read or written; delivery to the
+  broker goes on, and while the broker is down events wait in memory.
 - ``handler_succeeded(event, handler, attempt)``
 - ``handler_failed(event, handler, attempt, error)``: every failure, retried or not.
 - ``handler_retried(event, handler, attempt, delay)``: a retry was scheduled.
@@ -28,6 +30,7 @@ event_logged = signals.signal("event-logged")
 event_rejected = signals.signal("event-rejected")
 events_spooled = signals.signal("events-spooled")
 events_dropped = signals.signal("events-dropped")
+spool_failed = signals.signal("spool-failed")
 handler_succeeded = signals.signal("handler-succeeded")
 handler_failed = signals.signal("handler-failed")
 handler_retried = signals.signal("handler-retried")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,117 @@ def test_a_redis_that_stops_answering_sends_events_to_the_spool_not_into_a_hang(
         for conn in held:
             conn.close()
         server.close()
+
+
+# -- a spool that cannot be used must not stop delivery (issue 16, item 1) ----------------------
+
+
+def _corrupt_file(tmp_path: Path) -> str:
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"this is not a SQLite database\n" * 200)
+    return str(path)
+
+
+def _folder_that_cannot_be_made(tmp_path: Path) -> str:
+    (tmp_path / "a-file").write_text("")
+    return str(tmp_path / "a-file" / "spool" / "spool.sqlite3")  # its parent is a file
+
+
+BROKEN_SPOOLS = {"corrupt file": _corrupt_file, "folder cannot be made": _folder_that_cannot_be_made}
+
+
+@pytest.mark.parametrize("broken", BROKEN_SPOOLS.values(), ids=BROKEN_SPOOLS.keys())
+def test_a_spool_that_cannot_be_opened_does_not_stop_delivery_to_a_healthy_broker(
+    broken: Callable[[Path], str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    published: list[str] = []
+    failures: list[str] = []
+
+    def on_failed(sender: object, path: str, error: Exception) -> None:
+        failures.append(path)
+
+    path = broken(tmp_path)
+    signals.spool_failed.connect(on_failed)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="flask_eventlib"):
+            sender = Sender(published.extend, spool=Spool(path), max_batch=10)
+            for n in range(25):
+                sender.submit([f"m{n}"])
+            assert sender.flush(5)
+    finally:
+        signals.spool_failed.disconnect(on_failed)
+    assert published == [f"m{n}" for n in range(25)]
+    assert sender.pending() == 0 and sender.dropped == 0
+    assert sender.spool_failures == 1 and failures == [path]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and path in errors[0].getMessage()
+
+
+def test_with_a_broken_spool_and_the_broker_down_events_wait_in_memory_and_are_sent_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = threading.Event()
+    down.set()
+    published: list[str] = []
+
+    def send(batch: list[str]) -> None:
+        if down.is_set():
+            raise ConnectionError("broker down")
+        published.extend(batch)
+
+    sender = Sender(send, spool=Spool(_corrupt_file(tmp_path)), max_batch=4, retry_interval=0.05, max_memory=8)
+    with caplog.at_level(logging.ERROR, logger="flask_eventlib"):
+        for n in range(10):
+            sender.submit([f"m{n}"])
+        assert sender.flush(5)
+    assert sender.pending() == 8 and sender.dropped == 2  # bounded: the last two had no room
+    assert any("Dropped 2 events" in r.getMessage() for r in caplog.records)
+    down.clear()
+    wait_for(lambda: sender.pending() == 0, timeout=10, what="the events held in memory to be sent")
+    assert published == [f"m{n}" for n in range(8)]
+
+
+def test_a_sender_thread_that_stops_is_replaced_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    class Fatal(BaseException):
+        """Not an Exception: what would end a thread that only catches Exception."""
+
+    published: list[str] = []
+    calls = 0
+
+    def send(batch: list[str]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Fatal("the thread dies here")
+        published.extend(batch)
+
+    sender = Sender(send, max_batch=10, retry_interval=0.05)
+    with caplog.at_level(logging.ERROR, logger="flask_eventlib"):
+        sender.submit(["a", "b"])
+        assert sender.flush(5)
+        wait_for(lambda: sender._thread is None, timeout=5, what="the first thread to end")
+        sender.submit(["c"])
+        wait_for(lambda: sender.pending() == 0, timeout=5, what="the new thread to send everything")
+    assert sorted(published) == ["a", "b", "c"]
+    assert any("sender thread stopped" in r.getMessage() for r in caplog.records)
+
+
+def test_an_app_whose_spool_is_corrupt_still_delivers_every_event(
+    redis_client: redis.Redis, records: Records, tmp_path: Path
+) -> None:
+    queue = f"eventlib-test-publish-{uuid.uuid4().hex[:8]}"
+    app = create_app(
+        EVENTLIB_BROKER_URL=REDIS_URL,
+        EVENTLIB_QUEUE=queue,
+        SAMPLE_RECORD_KEY=records.key,
+        EVENTLIB_SPOOL_PATH=_corrupt_file(tmp_path),
+    )
+    try:
+        with app.app_context():
+            for n in range(40):
+                log("deals.DealClick", {"deal_id": n})
+            assert flush(timeout=10)
+        delivered = [json.loads(m)["data"]["deal_id"] for batch in queued_events(redis_client, queue) for m in batch]
+        assert delivered == list(range(40))
+    finally:
+        redis_client.delete(queue)

@@ -42,7 +42,6 @@ from flask import Flask
 from flask_eventlib import EventLib
 
 from . import store
-from .extensions import registry
 
 #: Environment variables with these prefixes are settings.
 ENVIRONMENT_PREFIXES = ("EVENTLIB_", "EXAMPLE_")
@@ -86,7 +85,7 @@ def create_app(**config: Any) -> Flask:
     app.register_blueprint(site_bp)
     app.register_blueprint(deals_bp, url_prefix="/deals")
     app.register_blueprint(accounts_bp, url_prefix="/accounts")
-    EventLib(app, registry=registry)
+    EventLib(app)
     return app
 
 

@@ -9,29 +9,28 @@ from __future__ import annotations
 from flask_eventlib import BaseEvent, handler
 
 from . import redis_counters, store
-from .extensions import registry
 
 
-@handler("deals.DealClick", registry=registry)
+@handler("deals.DealClick")
 def count_click_in_redis(event: BaseEvent) -> None:
     """Clicks per deal in Redis too, when ``EXAMPLE_REDIS_URL`` is set."""
     if redis_counters.enabled():
         redis_counters.incr(f"clicks:{event.data['deal_id']}")
 
 
-@handler("deals.*", registry=registry)
+@handler("deals.*")
 def journal_deal_event(event: BaseEvent) -> None:
     """One row per event of the ``deals`` blueprint."""
     _journal(event)
 
 
-@handler("accounts.*", registry=registry)
+@handler("accounts.*")
 def journal_account_event(event: BaseEvent) -> None:
     """One row per event of the ``accounts`` blueprint."""
     _journal(event)
 
 
-@handler("*", registry=registry)
+@handler("*")
 def count_event_in_redis(event: BaseEvent) -> None:
     """Every event counted by name in Redis, when ``EXAMPLE_REDIS_URL`` is set."""
     if redis_counters.enabled():

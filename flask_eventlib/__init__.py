@@ -10,10 +10,11 @@ from .exceptions import (
     DontRetry,
     EventlibError,
     EventNotFound,
+    EventNotPublic,
     SerializationError,
     ValidationError,
 )
-from .extension import EventLib, flush, log
+from .extension import EventLib, EventLibState, flush, log
 from .handlers import handler
 from .registry import Registry
 from .serialization import Codec, register_type
@@ -30,7 +31,9 @@ __all__ = [
     "DontRetry",
     "EventData",
     "EventLib",
+    "EventLibState",
     "EventNotFound",
+    "EventNotPublic",
     "EventlibError",
     "Registry",
     "SerializationError",

@@ -24,7 +24,7 @@ from flask.cli import AppGroup
 
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
-from .extension import EXTENSION_KEY
+from .extension import EventLibState, state_of
 from .registry import Registry
 
 T = TypeVar("T")
@@ -32,13 +32,12 @@ T = TypeVar("T")
 eventlib_cli = AppGroup("eventlib", help="flask-eventlib: events, handlers, schemas and workers.")
 
 
-def _state() -> Any:
-    return current_app.extensions[EXTENSION_KEY]
+def _state() -> EventLibState:
+    return state_of(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def _registry() -> Registry:
-    registry: Registry = _state().extension.registry
-    return registry
+    return _state().registry
 
 
 @eventlib_cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -73,7 +72,7 @@ def events() -> None:
         click.echo(line((name, public, schema), handlers[0] if handlers else "(none)").rstrip())
         for handler in handlers[1:]:
             click.echo(line(("", "", ""), handler))
-    problems = check_events(registry)
+    problems = check_events(current_app._get_current_object())  # type: ignore[attr-defined]
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         click.echo(f"\n{len(problems)} {noun}: `flask eventlib check` explains.")
@@ -142,7 +141,7 @@ def check() -> None:
     from .testing import check_events
 
     registry = _registry()
-    problems = check_events(registry)
+    problems = check_events(current_app._get_current_object())  # type: ignore[attr-defined]
     if not problems:
         count = len(registry.events())
         events = "1 event" if count == 1 else f"{count} events"
@@ -261,12 +260,12 @@ def deadletters_replay(ids: tuple[str, ...], all_: bool, event: str | None, hand
     """Run the failed handler of each chosen dead letter again (only that handler), through the workers."""
     store = _store()
     chosen = _select(store.dead_letters(), all_, event, handler, ids)
-    dispatcher = _state().dispatcher
+    runner = _state().runner
     for letter in chosen:
         if not letter.handler:
             click.echo(f"{letter.id}: an undecodable message cannot be replayed; `show` it, then purge it", err=True)
             continue
-        dispatcher.replay(letter)
+        runner.replay(letter)
         store.remove_dead_letters([letter.id])
         click.echo(f"replayed {letter.id}: {letter.handler} for {letter.event_name} {letter.event_id}")
     click.echo(f"{len(chosen)} dead letter{'s' if len(chosen) != 1 else ''} replayed.")

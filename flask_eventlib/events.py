@@ -33,13 +33,18 @@ class BaseEvent:
     :param data: the event's data (a dict).
     :param id: the event id; one is made when ``log()`` creates the event.
     :param context: server-side facts about the event (e.g. the client address), not its data.
+    :param logged_at: when ``log()`` accepted it (aware, UTC).
+    :param registry: the app's registry, which knows the event's function handlers.
+    :param name: the event's name; by default its class's name in ``registry``.
     """
 
     #: A Marshmallow schema (class or instance); the default :meth:`clean` loads data through it.
     schema: ClassVar[Any] = None
     #: Whether browsers may log this event through the HTTP endpoint.
     public: ClassVar[bool] = False
-    #: The event's name, ``"app.ClassName"``; set when the event is registered.
+    #: The event's name in the app that logged it, ``"app.ClassName"`` (``None`` for an event
+    #: built by hand outside a registry). A class can be an event of several apps, each with its
+    #: own registry: ``registry.name_of(cls)`` gives the class's name in one of them.
     name: str | None = None
 
     #: Names of the methods marked with ``@handler``, base classes' first.
@@ -63,12 +68,16 @@ class BaseEvent:
         context: dict[str, Any] | None = None,
         logged_at: _dt.datetime | None = None,
         registry: Registry | None = None,
+        name: str | None = None,
     ) -> None:
         self.data: EventData = EventData(data or {})
         self.id = id
         self.context: dict[str, Any] = context or {}
         self.logged_at = logged_at
         self._registry = registry
+        if name is None and registry is not None:
+            name = registry.name_of(type(self))
+        self.name = name
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} id={self.id}>"
@@ -124,13 +133,9 @@ class BaseEvent:
         return methods + self._function_handlers()
 
     def _function_handlers(self) -> list[Callable[..., Any]]:
-        if self.name is None:
-            return []
-        if self._registry is not None:
-            return self._registry.function_handlers(self.name)
-        from .registry import default_registry
-
-        return default_registry.function_handlers(self.name)
+        if self.name is None or self._registry is None:
+            return []  # built by hand, outside an app: only its method handlers
+        return self._registry.function_handlers(self.name)
 
     def _handler_calls(self) -> list[tuple[str, Callable[[], Any]]]:
         """``(label, zero-argument call)`` for each handler, in run order."""

@@ -22,6 +22,15 @@ class EventNotFound(EventlibError, LookupError):
         self.name = name
 
 
+class EventNotPublic(EventlibError, PermissionError):
+    """A browser (or other untrusted caller) tried to log an event whose class is not ``public``."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        #: The event's name.
+        self.name = name
+
+
 class ValidationError(EventlibError, ValueError):
     """An event's data was refused by ``clean()``, ``require_data_keys()`` or its schema.
 

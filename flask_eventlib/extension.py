@@ -1,4 +1,11 @@
-"""``EventLib``: the Flask extension that wires the core to an app, and the ``log()`` callers use."""
+"""``EventLib``: the Flask extension that builds one app's event library, and the ``log()`` callers use.
+
+``init_app`` builds, for each Flask app and in dependency order, everything its events need: a
+registry scanned from the app's modules, the codec, the Celery app and its tasks, the store, the
+background sender, the publishing strategy, the caller's dispatcher and the workers' runner. They
+are kept together in one public :class:`EventLibState` at ``app.extensions["eventlib"]``; nothing
+is shared with another app in the same process, and nothing is patched after it is built.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ import copy
 import importlib
 import logging
 import os
+import sys
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -16,60 +25,80 @@ from flask import Flask, Response, current_app, has_request_context, request
 from . import config
 from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
+from .handlers import MARKED_FUNCTIONS
+from .publishers import Background, Eager, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
-from .registry import Registry, default_registry
+from .registry import Registry
+from .runner import Runner
 from .serialization import Codec, default_codec
 from .store import MemoryStore, Store, store_from_url
-from .tasks import bind_task, create_celery, filesystem_broker_settings, make_schedule_retry, make_send
+from .tasks import bind_task, create_celery, filesystem_broker_settings, make_schedule_retry, make_send, unbind
 
 logger = logging.getLogger("flask_eventlib")
 
+#: The key of an app's :class:`EventLibState` in ``app.extensions``.
 EXTENSION_KEY = "eventlib"
 _VIEWS_MODULE = f"{__package__}.views"
 
 
-@dataclass
-class _State:
-    """What ``init_app`` sets up for one Flask app, kept in ``app.extensions["eventlib"]``."""
+@dataclass(frozen=True)
+class EventLibState:
+    """What :class:`EventLib` set up for one Flask app: ``app.extensions["eventlib"]``.
 
+    Public: the command line, the test helpers, the browser endpoint and an app's own code use
+    these attributes. ``current_app.extensions["eventlib"].log(...)`` is what :func:`log` does.
+    """
+
+    #: The Flask app's name.
+    app_name: str
+    #: The extension object that set it up.
     extension: EventLib
+    #: This app's events and function handlers.
+    registry: Registry
+    #: How events are encoded.
+    codec: Codec
+    #: The caller's side: find, build, clean, encode, publish.
     dispatcher: Dispatcher
-    celery: Any
-    task: Any
-    retry_task: Any
-    queue: str
+    #: The workers' side: run handlers, retries, dead letters, dedup.
+    runner: Runner
+    #: Where encoded events go: the configured strategy, which tests may override.
+    publisher: Router
+    #: The background thread that publishes to the broker, with the spool behind it.
     sender: Sender
+    #: The Celery app that carries the events.
+    celery: Any
+    #: The Celery task that processes a message of events.
+    task: Any
+    #: The Celery task that runs one handler again.
+    retry_task: Any
+    #: The Celery queue of the events.
+    queue: str
+    #: Dedup marks and dead letters (``None``: neither).
     store: Store | None
-    batch_requests: bool
-    send_on_failed_request: bool
+    #: Whether handlers run in the caller (``EVENTLIB_ALWAYS_EAGER``).
+    eager: bool
 
-    def publish(self, messages: list[str]) -> None:
-        """Inside a request, keep events for the request's end; elsewhere hand them to the sender."""
-        if self.batch_requests and has_request_context():
-            buffered = request.__dict__.setdefault(_BUFFER, [])
-            buffered.extend(messages)
-        else:
-            self.sender.submit(messages)
+    def log(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        context: dict[str, Any] | None = None,
+        public_only: bool = False,
+    ) -> str:
+        """Log an event of this app; see :func:`flask_eventlib.log`.
 
-    def after_request(self, response: Response) -> Response:
-        if _BUFFER in request.__dict__:
-            request.__dict__[_STATUS] = response.status_code
-        return response
+        :param id: the event id, when the caller made it (the JS client does).
+        :param context: server-side facts about the event, not its data.
+        :param public_only: refuse events whose class is not ``public`` (raises
+            :class:`~flask_eventlib.exceptions.EventNotPublic`).
+        """
+        return self.dispatcher.log(name, data, id=id, context=context, public_only=public_only)
 
-    def teardown_request(self, error: BaseException | None) -> None:
-        """Send the request's events: one hand-over to the sender, which publishes them together."""
-        buffered = request.__dict__.pop(_BUFFER, None)
-        if not buffered:
-            return
-        failed = error is not None or request.__dict__.get(_STATUS, 500) >= 400
-        if failed and not self.send_on_failed_request:
-            logger.info("Discarded %d events of a failed request (EVENTLIB_SEND_ON_FAILED_REQUEST)", len(buffered))
-            return
-        self.sender.submit(buffered)
-
-
-_BUFFER = "_eventlib_events"
-_STATUS = "_eventlib_status"
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until this app's events logged so far are published or spooled; see :func:`flush`."""
+        return self.sender.flush(timeout)
 
 
 class EventLib:
@@ -81,8 +110,10 @@ class EventLib:
         celery = eventlib.celery            # for `celery -A yourmodule:celery worker`
 
     :param app: the Flask app to initialise now.
-    :param celery: a Celery app to use; by default one is created from ``EVENTLIB_BROKER_URL``.
-    :param registry: the event registry (default: the process-wide one).
+    :param celery: a Celery app to use; by default one is created for each Flask app from its
+        ``EVENTLIB_BROKER_URL``. A Celery app serves one Flask app.
+    :param registry: deprecated: each app builds its own registry from its modules. Events and
+        handlers registered in a registry given here are added to each app's registry.
     :param codec: the serialization codec (default: the one ``register_type`` adds to).
     :param overrides: settings that beat ``app.config``, named without the ``EVENTLIB_`` prefix,
         e.g. ``EventLib(app, always_eager=True)``.
@@ -100,7 +131,14 @@ class EventLib:
         self._overrides = {config.key_for(name): value for name, value in overrides.items()}
         self._celery = celery
         self._last_celery: Any = None
-        self.registry = registry if registry is not None else default_registry
+        if registry is not None:
+            warnings.warn(
+                "EventLib(registry=...) is no longer needed: each app builds its own registry from its "
+                "blueprints' events modules and EVENTLIB_HANDLER_MODULES. Leave it out; it will be removed.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self._extra = registry
         self.codec = codec if codec is not None else default_codec
         if app is not None:
             self.init_app(app)
@@ -123,7 +161,7 @@ class EventLib:
         return celery
 
     def init_app(self, app: Flask) -> None:
-        """Configure ``app``: read settings, discover events, bind the Celery task."""
+        """Configure ``app``: read settings, build its registry and its way to the workers."""
         if EXTENSION_KEY in app.extensions:
             raise ConfigurationError(
                 f"EventLib is already initialised on the Flask app {app.name!r}; call init_app() "
@@ -135,26 +173,23 @@ class EventLib:
             app.config.setdefault(key, copy.deepcopy(default))
         conf = app.config
         queue = conf[config.QUEUE]
-
-        for module in conf[config.HANDLER_MODULES]:
-            importlib.import_module(module)
-        self._discover(app)
-
-        # A Celery app passed in serves every Flask app; otherwise each Flask app gets its own.
-        celery = self._celery if self._celery is not None else self._create_celery(app, queue)
-        self._last_celery = celery
         eager = bool(conf[config.ALWAYS_EAGER])
 
-        def run(messages: list[str]) -> None:
-            with app.app_context():
-                state.dispatcher.process(messages)
-
-        def retry(message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
-            with app.app_context():
-                state.dispatcher.process_retry(message, handler, attempt, first_failed_at)
-
-        task, retry_task = bind_task(celery, queue, run, retry)
+        registry = self._build_registry(app)
+        # A Celery app passed in is used as it is; otherwise each Flask app gets its own.
+        celery = self._celery if self._celery is not None else self._create_celery(app, queue)
         store = self._create_store(app, celery, eager)
+        runner = Runner(
+            registry,
+            self.codec,
+            store=store,
+            schedule_retry=None if eager else make_schedule_retry(celery, queue),
+            retries=int(conf[config.RETRIES]),
+            backoff=float(conf[config.RETRY_BACKOFF]),
+            backoff_max=float(conf[config.RETRY_BACKOFF_MAX]),
+            dedup_ttl=float(conf[config.DEDUP_TTL]),
+            signal_sender=app,
+        )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
         sender = Sender(
             make_send(celery, queue, float(conf[config.PUBLISH_TIMEOUT])),
@@ -162,63 +197,84 @@ class EventLib:
             max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
             retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,
             linger=float(conf[config.PUBLISH_LINGER]),
+            signal_sender=app,
         )
-        _flush_at_exit(sender)
-        dispatcher = Dispatcher(
-            self.registry,
-            self.codec,
-            _unset_publish,
-            eager=eager,
-            propagate=bool(conf[config.PROPAGATE_ERRORS]),
-            store=store,
-            schedule_retry=make_schedule_retry(retry_task, queue),
-            retries=int(conf[config.RETRIES]),
-            backoff=float(conf[config.RETRY_BACKOFF]),
-            backoff_max=float(conf[config.RETRY_BACKOFF_MAX]),
-            dedup_ttl=float(conf[config.DEDUP_TTL]),
-        )
-        state = _State(
+        hooks = _RequestHooks(Background(sender), send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]))
+        strategy: Publisher
+        if eager:
+            strategy = Eager(runner.inline(), propagate=bool(conf[config.PROPAGATE_ERRORS]))
+        elif conf[config.BATCH_REQUESTS]:
+            strategy = RequestBuffer(hooks.then, hooks.current_buffer)
+        else:
+            strategy = hooks.then
+        publisher = Router(strategy)
+        dispatcher = Dispatcher(registry, self.codec, publisher, signal_sender=app)
+
+        def run(messages: list[str]) -> None:
+            with app.app_context():
+                runner.process(messages)
+
+        def retry(message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
+            with app.app_context():
+                runner.process_retry(message, handler, attempt, first_failed_at)
+
+        task, retry_task = bind_task(celery, queue, run, retry, owner=app, owner_name=app.name)
+        state = EventLibState(
+            app_name=app.name,
             extension=self,
+            registry=registry,
+            codec=self.codec,
             dispatcher=dispatcher,
+            runner=runner,
+            publisher=publisher,
+            sender=sender,
             celery=celery,
             task=task,
             retry_task=retry_task,
             queue=queue,
-            sender=sender,
             store=store,
-            batch_requests=bool(conf[config.BATCH_REQUESTS]) and not eager,
-            send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]),
+            eager=eager,
         )
-        dispatcher.publish = state.publish
         app.extensions[EXTENSION_KEY] = state
-        app.after_request(state.after_request)
-        app.teardown_request(state.teardown_request)
-
-        from .cli import eventlib_cli
-
-        app.cli.add_command(eventlib_cli)
-
         if conf[config.HTTP_ENABLED]:
             from .views import init_http
 
             try:
                 init_http(app)
             except Exception:
-                del app.extensions[EXTENSION_KEY]  # not half set up: a second init_app may try again
+                # Not half set up: a second init_app may try again.
+                del app.extensions[EXTENSION_KEY]
+                unbind(celery)
                 raise
+        self._last_celery = celery
+        _flush_at_exit(sender)
+        app.after_request(hooks.after_request)
+        app.teardown_request(hooks.teardown_request)
 
-    def _discover(self, app: Flask) -> None:
+        from .cli import eventlib_cli
+
+        app.cli.add_command(eventlib_cli)
+
+    def _build_registry(self, app: Flask) -> Registry:
+        """The app's registry: its blueprints' events modules, then the listed modules."""
+        registry = Registry()
+        if self._extra is not None:
+            registry.include(self._extra)
         for blueprint in app.blueprints.values():
             if blueprint.import_name == _VIEWS_MODULE:
                 continue  # the extension's own /event/log blueprint holds no events
-            self.registry.discover(blueprint.name, _package_of(blueprint.import_name))
+            registry.discover(blueprint.name, _package_of(blueprint.import_name))
         modules = app.config[config.EVENT_MODULES]
         if not isinstance(modules, dict):
             raise ConfigurationError(
                 f"{config.EVENT_MODULES} must be a dict of {{'label': 'dotted.module'}}, not {modules!r}"
             )
         for label, module in modules.items():
-            self.registry.register_module(label, module)
+            registry.register_module(label, module)
+        for module in app.config[config.HANDLER_MODULES]:
+            registry.scan_handlers(module)
+        _warn_unlisted(app, registry)
+        return registry
 
     def _create_store(self, app: Flask, celery: Any, eager: bool) -> Store:
         url = app.config[config.STORE_URL]
@@ -246,8 +302,52 @@ class EventLib:
         return create_celery(app.import_name, broker_url=broker_url, queue=queue, settings=settings)
 
 
-def _unset_publish(messages: list[str]) -> None:  # pragma: no cover - replaced by init_app
-    raise RuntimeError("init_app() did not finish")
+_BUFFER = "_eventlib_events"
+_STATUS = "_eventlib_status"
+#: Marks a request whose events were handed over: events logged later go straight on.
+_HANDED_OVER: list[str] = []
+
+
+class _RequestHooks:
+    """One message per request: the request's list of events, and its hand-over at the end.
+
+    :param then: where a request's events go when it ends (the background sender).
+    :param send_on_failed_request: hand over the events of a failed request too.
+    """
+
+    def __init__(self, then: Publisher, *, send_on_failed_request: bool) -> None:
+        self.then = then
+        self.send_on_failed_request = send_on_failed_request
+
+    def current_buffer(self) -> list[str] | None:
+        """The current request's events, or ``None`` outside a request or after its hand-over."""
+        if not has_request_context():
+            return None
+        found = request.__dict__.get(_BUFFER)
+        if found is None:
+            found = request.__dict__[_BUFFER] = []
+        return None if found is _HANDED_OVER else found
+
+    def after_request(self, response: Response) -> Response:
+        if _BUFFER in request.__dict__:
+            request.__dict__[_STATUS] = response.status_code
+        return response
+
+    def teardown_request(self, error: BaseException | None) -> None:
+        """Send the request's events: one hand-over to the sender, which publishes them together.
+
+        Teardown functions registered before ``init_app`` run after this one (Flask runs them in
+        reverse order); the events they log go straight to the sender.
+        """
+        buffered = request.__dict__.get(_BUFFER)
+        request.__dict__[_BUFFER] = _HANDED_OVER
+        if not buffered:
+            return
+        failed = error is not None or request.__dict__.get(_STATUS, 500) >= 400
+        if failed and not self.send_on_failed_request:
+            logger.info("Discarded %d events of a failed request (EVENTLIB_SEND_ON_FAILED_REQUEST)", len(buffered))
+            return
+        self.then.publish(buffered)
 
 
 def _package_of(import_name: str) -> str:
@@ -258,14 +358,50 @@ def _package_of(import_name: str) -> str:
     return import_name.rpartition(".")[0]
 
 
-def _state() -> _State:
-    try:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-    except RuntimeError:
-        raise ConfigurationError(
-            "log() needs a Flask application context: call it in a request, a CLI command, or "
-            "inside `with app.app_context():`."
-        ) from None
+def unlisted_handlers(app: Flask, registry: Registry) -> list[Any]:
+    """Functions marked ``@handler("...")`` in the app's own package that no setting lists.
+
+    Such a module was imported, so its author meant its handlers to run; since each app scans
+    only the modules it lists, they never would. Modules outside the app's package may belong to
+    other apps (several can share a process), so they are not reported.
+    """
+    module = sys.modules.get(app.import_name)
+    package = app.import_name if hasattr(module, "__path__") else app.import_name.rpartition(".")[0]
+    package = package or app.import_name
+    found = []
+    for func in list(MARKED_FUNCTIONS):
+        module = getattr(func, "__module__", "") or ""
+        if module not in registry.scanned_modules and (module == package or module.startswith(package + ".")):
+            found.append(func)
+    return sorted(found, key=lambda func: f"{func.__module__}.{func.__qualname__}")
+
+
+def _warn_unlisted(app: Flask, registry: Registry) -> None:
+    for func in unlisted_handlers(app, registry):
+        logger.warning(
+            "%s.%s is marked @handler, but its module is not in %s, so it does not run for the app %r: add %r to %s.",
+            func.__module__,
+            func.__qualname__,
+            config.HANDLER_MODULES,
+            app.name,
+            func.__module__,
+            config.HANDLER_MODULES,
+        )
+
+
+def state_of(app: Flask | None = None) -> EventLibState:
+    """The :class:`EventLibState` of ``app`` (default: the current app).
+
+    :raises ConfigurationError: outside an app context, or when EventLib is not initialised on it.
+    """
+    if app is None:
+        try:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:
+            raise ConfigurationError(
+                "log() needs a Flask application context: call it in a request, a CLI command, or "
+                "inside `with app.app_context():`."
+            ) from None
     try:
         return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
     except KeyError:
@@ -285,7 +421,7 @@ def log(name: str, data: dict[str, Any] | None = None) -> str:
     :raises ValidationError: when the event's ``clean()`` or schema refuses the data.
     :raises TypeError: when a value cannot be serialized (the message names the key).
     """
-    return _state().dispatcher.log(name, data)
+    return state_of().dispatcher.log(name, data)
 
 
 def flush(timeout: float | None = 10.0) -> bool:
@@ -296,7 +432,7 @@ def flush(timeout: float | None = 10.0) -> bool:
 
     :returns: ``False`` if ``timeout`` seconds passed first.
     """
-    return _state().sender.flush(timeout)
+    return state_of().sender.flush(timeout)
 
 
 _senders: weakref.WeakSet[Sender] = weakref.WeakSet()
@@ -316,6 +452,6 @@ def _flush_all() -> None:
             logger.exception("flask-eventlib: a sender failed to flush at exit")
 
 
-def get_dispatcher() -> Dispatcher:
-    """The current app's :class:`~flask_eventlib.dispatch.Dispatcher`."""
-    return _state().dispatcher
+def get_dispatcher() -> Any:
+    """The current app's :class:`~flask_eventlib.dispatch.Dispatcher` (use :func:`state_of`)."""
+    return state_of().dispatcher

@@ -1,7 +1,14 @@
-"""The ``@handler`` decorator: it marks methods and records functions; the registry decides."""
+"""The ``@handler`` decorator: it marks methods and functions; each app's registry decides.
+
+``@handler`` only records, on the function itself, what it handles and how it is retried, and
+returns the function unchanged. Nothing is registered at import time: ``EventLib.init_app``
+scans the app's modules for marked functions (pluggy's marker and manager), so two apps in one
+process never see each other's handlers.
+"""
 
 from __future__ import annotations
 
+import inspect
 import re
 import weakref
 from collections.abc import Callable
@@ -17,9 +24,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute set on a method marked with ``@handler``.
 HANDLER_MARK = "__eventlib_handler__"
+#: Attribute set on a function marked with ``@handler("app.EventName")``: the tuple of its targets.
+TARGETS_ATTR = "__eventlib_targets__"
 #: Every function marked with a bare ``@handler``; ``flask_eventlib.testing.check_events`` reports
 #: those that no BaseEvent subclass has (a method of a class that is not an event never runs).
 MARKED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+#: Every function marked with ``@handler("target")``, so ``init_app`` can warn about a marked
+#: function in one of the app's modules that no setting lists (it would never run).
+MARKED_FUNCTIONS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 #: Attribute holding a handler's :class:`RetryPolicy`, when it sets one.
 POLICY_ATTR = "__eventlib_retry_policy__"
 
@@ -81,21 +93,23 @@ def handler(
     retries: int | None = None,
     backoff: float | None = None,
 ) -> Any:
-    """Mark an event method as a handler, or register a function as a handler of events.
+    """Mark an event method as a handler, or a function as a handler of events.
 
     On a method of a :class:`~flask_eventlib.BaseEvent` subclass, ``@handler`` (or ``@handler()``)
     marks it; it is called with no arguments and ``self`` is the event. Method handlers run first.
 
-    On a function, ``@handler("deals.DealClick")`` registers it for that event,
-    ``@handler("deals.*")`` for every event of the ``deals`` app and ``@handler("*")`` for every
-    event; it is called with the event. The function is returned unchanged.
+    On a function, ``@handler("deals.DealClick")`` marks it for that event, ``@handler("deals.*")``
+    for every event of the ``deals`` app and ``@handler("*")`` for every event; it is called with
+    the event. The function is returned unchanged; each app that lists its module (in
+    ``EVENTLIB_HANDLER_MODULES``, or an events module) registers it when ``init_app`` scans.
 
     A handler that raises is retried alone, with exponential backoff and jitter; after its last
     attempt the event and the error go to the dead letters. Raise
     :class:`~flask_eventlib.DontRetry` for a failure that no retry can fix.
 
     :param target: the event name the function handles.
-    :param registry: the registry to record the function in; the default one if omitted.
+    :param registry: also register the function in this :class:`~flask_eventlib.Registry` at
+        once (for registries built by hand; apps find marked functions by scanning).
     :param retries: attempts after the first (default ``EVENTLIB_RETRIES``).
     :param backoff: seconds before the first retry (default ``EVENTLIB_RETRY_BACKOFF``).
     """
@@ -106,15 +120,37 @@ def handler(
         return lambda func: _mark(func, policy)
     check_target(target)
 
-    def register(func: F) -> F:
-        from .registry import default_registry
-
-        if policy is not None:
-            setattr(func, POLICY_ATTR, policy)
-        (registry or default_registry).add_function_handler(target, func)
+    def mark(func: F) -> F:
+        if not callable(func):
+            raise ConfigurationError(
+                f"@handler({target!r}) decorates {func!r}, which is not callable: put it on a "
+                "function that takes the event."
+            )
+        try:
+            if policy is not None:
+                setattr(func, POLICY_ATTR, policy)
+            targets = getattr(func, TARGETS_ATTR, ())
+            if target not in targets:
+                setattr(func, TARGETS_ATTR, (*targets, target))
+        except (AttributeError, TypeError):
+            raise ConfigurationError(
+                f"@handler({target!r}) cannot mark {func!r}: put it on a plain function (def)."
+            ) from None
+        try:
+            MARKED_FUNCTIONS.add(func)
+        except TypeError:  # no weak references: only the unlisted-module warning misses it
+            pass
+        if registry is not None:
+            registry.add_function_handler(target, func)
         return func
 
-    return register
+    return mark
+
+
+def targets_of(obj: Any) -> tuple[str, ...]:
+    """The targets ``@handler("...")`` marked ``obj`` with (empty for anything else)."""
+    targets = getattr(obj, TARGETS_ATTR, ()) if inspect.isfunction(obj) else ()
+    return targets if isinstance(targets, tuple) else ()
 
 
 def _mark(func: F, policy: RetryPolicy | None = None) -> F:

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import signals
 
@@ -164,6 +165,7 @@ class Sender:
         spool's ``max_events`` (100,000 without a spool).
     :param spool_retry_interval: seconds before a spool that failed is tried again. The spool is
         needed only while the broker is down: until then delivery to the broker goes on.
+    :param signal_sender: the sender of the signals it sends (the Flask app).
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class Sender:
         linger: float = 0.0,
         max_memory: int | None = None,
         spool_retry_interval: float = 30.0,
+        signal_sender: Any = None,
     ) -> None:
         self.send = send
+        self.signal_sender = signal_sender
         self.spool = spool
         self.max_batch = max_batch
         self.retry_interval = retry_interval
@@ -356,10 +360,10 @@ class Sender:
                 self._spool_failed(exc)
             else:
                 self._spool_works()
-                signals.send(signals.events_spooled, self, count=len(batch), reason=reason)
+                signals.send(signals.events_spooled, self.signal_sender, count=len(batch), reason=reason)
                 return
         self._hold(batch)
-        signals.send(signals.events_spooled, self, count=len(batch), reason=reason)
+        signals.send(signals.events_spooled, self.signal_sender, count=len(batch), reason=reason)
 
     def _hold(self, batch: list[str]) -> None:
         """Keep events in memory, up to ``max_memory``; drop (count, log, signal) the rest."""
@@ -371,7 +375,7 @@ class Sender:
     def _drop(self, batch: list[str], reason: str) -> None:
         self.dropped += len(batch)
         logger.error("Dropped %d events: %s (%d dropped so far)", len(batch), reason, self.dropped)
-        signals.send(signals.events_dropped, self, count=len(batch), reason=reason)
+        signals.send(signals.events_dropped, self.signal_sender, count=len(batch), reason=reason)
 
     def _spool_failed(self, exc: Exception) -> None:
         """A spool that cannot be used rests a while; delivery to a healthy broker goes on."""
@@ -390,7 +394,7 @@ class Sender:
             )
         else:
             logger.debug("The spool %s still fails: %s", path, exc)
-        signals.send(signals.spool_failed, self, path=path, error=exc)
+        signals.send(signals.spool_failed, self.signal_sender, path=path, error=exc)
 
     def _spool_works(self) -> None:
         if self._spool_failing:

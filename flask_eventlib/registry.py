@@ -1,4 +1,10 @@
-"""The registry: event names to event classes, and the function handlers of each name."""
+"""One app's registry: event names to event classes, and the function handlers of each name.
+
+A :class:`Registry` is built for each Flask app by ``EventLib.init_app``, from the modules it
+scans; decorators only mark (see :mod:`flask_eventlib.handlers`). Event names are unique per
+registry, as blueprint names are unique per app: two apps in one process may each have their own
+``deals.DealClick``. Nothing is written onto the event classes, which several apps may share.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +18,26 @@ from typing import Any
 
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
-from .handlers import check_target
+from .handlers import check_target, targets_of
 
 _LABEL = re.compile(r"[A-Za-z_][\w-]*")
 
 
 class Registry:
-    """Knows every event by name and every function handler by target.
+    """Knows one app's events by name and its function handlers by target.
 
-    Function handlers may be registered before their event is discovered: they are kept by
-    target name and matched when an event of that name runs.
+    Function handlers may be registered before their event: they are kept by target name and
+    matched when an event of that name runs.
     """
 
     def __init__(self) -> None:
         self._events: dict[str, type[BaseEvent]] = {}
+        self._names: dict[type[BaseEvent], str] = {}
         self._labels: set[str] = set()
         self._functions: dict[str, list[Callable[..., Any]]] = {}
         self._cache: dict[str, list[Callable[..., Any]]] = {}
+        #: The modules scanned for events and marked functions, by name.
+        self.scanned_modules: set[str] = set()
 
     # -- events -----------------------------------------------------------------------------
 
@@ -51,21 +60,22 @@ class Registry:
                 f"Two events are named {name!r}: {_where(existing)} and {_where(cls)}. "
                 "Rename one of the classes or give one of the apps another label."
             )
-        owner = cls.__dict__.get("name")
+        owner = self._names.get(cls)
         if owner is not None and owner != name:
             raise ConfigurationError(
-                f"{_where(cls)} is already the event {owner!r} and cannot also be {name!r}; "
-                "define a subclass for the second name."
+                f"{_where(cls)} is already the event {owner!r} of this app and cannot also be "
+                f"{name!r}; define a subclass for the second name."
             )
-        cls.name = name
+        self._names[cls] = name
         self._events[name] = cls
         self._labels.add(label)
         return name
 
     def register_module(self, label: str, module: ModuleType | str) -> list[str]:
-        """Register every ``BaseEvent`` subclass defined in ``module`` (imported ones don't count).
+        """Register every ``BaseEvent`` subclass defined in ``module`` (imported ones don't count),
+        and the functions it defines that are marked ``@handler("...")``.
 
-        :returns: the names registered.
+        :returns: the event names registered.
         """
         if isinstance(module, str):
             module = importlib.import_module(module)
@@ -75,6 +85,7 @@ class Registry:
                 names.append(self.register_event(label, value))
         # The label exists even with no events, so "no event X in the Y app" stays accurate.
         self._labels.add(label)
+        self.scan_handlers(module)
         return names
 
     def discover(self, label: str, package: str) -> list[str]:
@@ -90,6 +101,10 @@ class Registry:
         if spec is None:
             return []
         return self.register_module(label, importlib.import_module(module_name))
+
+    def name_of(self, cls: type[BaseEvent]) -> str | None:
+        """The name ``cls`` has in this registry, or ``None`` if it is not one of its events."""
+        return self._names.get(cls)
 
     def find(self, name: str) -> type[BaseEvent]:
         """The event class named ``name``.
@@ -113,6 +128,25 @@ class Registry:
         return dict(sorted(self._events.items()))
 
     # -- function handlers ------------------------------------------------------------------
+
+    def scan_handlers(self, module: ModuleType | str) -> int:
+        """Register the functions ``module`` defines that are marked ``@handler("...")``.
+
+        Functions imported into ``module`` from elsewhere are left to their own module's scan.
+
+        :returns: how many (function, target) pairs were registered.
+        """
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        found = 0
+        for value in list(vars(module).values()):
+            targets = targets_of(value)
+            if targets and value.__module__ == module.__name__:
+                for target in targets:
+                    self.add_function_handler(target, value)
+                    found += 1
+        self.scanned_modules.add(module.__name__)
+        return found
 
     def add_function_handler(self, target: str, func: Callable[..., Any]) -> None:
         """Register ``func`` for ``target`` (``app.EventName``, ``app.*`` or ``*``)."""
@@ -143,7 +177,7 @@ class Registry:
         return found
 
     def handler(self, target: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """``@registry.handler("app.EventName")``: like ``@handler`` for this registry."""
+        """``@registry.handler("app.EventName")``: mark a function and register it here at once."""
         from .handlers import handler
 
         return handler(target, registry=self)
@@ -152,9 +186,23 @@ class Registry:
         """Every function-handler target with its functions (including unmatched targets)."""
         return {target: list(funcs) for target, funcs in self._functions.items()}
 
+    def include(self, other: Registry) -> None:
+        """Add ``other``'s events and function handlers to this registry (same names, same order)."""
+        for name, cls in other.events().items():
+            self.register_event(name.partition(".")[0], cls)
+        self._labels.update(other._labels)
+        for target, funcs in other.targets().items():
+            for func in funcs:
+                self.add_function_handler(target, func)
+        self.scanned_modules.update(other.scanned_modules)
+
 
 class MethodHandlerView(Mapping[type, list[Callable[..., Any]]]):
-    """Read-only ``{event class: [method handler functions]}`` for every ``BaseEvent`` subclass."""
+    """Read-only ``{event class: [method handler functions]}`` for every ``BaseEvent`` subclass.
+
+    Method handlers belong to the class itself (they are marked in its body), so this view is the
+    same for every app.
+    """
 
     def __getitem__(self, cls: type) -> list[Callable[..., Any]]:
         if not (isinstance(cls, type) and issubclass(cls, BaseEvent)):
@@ -177,7 +225,3 @@ class MethodHandlerView(Mapping[type, list[Callable[..., Any]]]):
 
 def _where(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-#: The registry that module-level ``@handler`` and ``EventLib()`` use unless given another.
-default_registry = Registry()

@@ -20,9 +20,6 @@ import orjson
 
 from .exceptions import SerializationError
 
-#: Version of the envelope format, checked on decode.
-FORMAT_VERSION = 1
-
 _TAG = "$t"
 _VALUE = "$v"
 _SCALARS = (str, int, float, bool, type(None))

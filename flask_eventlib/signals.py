@@ -1,7 +1,8 @@
-"""Blinker signals for metrics and monitoring; each is sent with the event (or its name) as sender.
+"""Blinker signals for metrics and monitoring; each is sent with the Flask app as sender.
 
-Connect with ``event_logged.connect(receiver)``; a receiver's exception is logged, never raised
-into ``log()`` or a worker. Keyword arguments:
+As with Flask's own signals, ``event_logged.connect_via(app)(receiver)`` listens to one app and
+``event_logged.connect(receiver)`` to every app; a receiver's exception is logged, never raised
+into ``log()`` or a worker. The receiver gets the app, then these keyword arguments:
 
 - ``event_logged(event)``: ``log()`` accepted the event (validated and serialized).
 - ``event_rejected(name, error)``: ``log()`` refused it (unknown name, validation, serialization).

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
+
+from .exceptions import ConfigurationError
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -55,18 +59,40 @@ def filesystem_broker_settings(folder: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Binding:
+    """What one Celery app's events tasks run: the runners of the one Flask app bound to it."""
+
+    owner: weakref.ReferenceType[Any]
+    owner_name: str
+    run: Callable[[list[str]], Any]
+    retry: Callable[[str, str, int, float | None], Any]
+
+
+#: Each Celery app's binding. Kept beside the Celery app, not inside it, and by weak reference, so
+#: a Celery app that is dropped takes its binding with it.
+_bindings: weakref.WeakKeyDictionary[Celery, _Binding] = weakref.WeakKeyDictionary()
+
+
 def bind_task(
     celery: Celery,
     queue: str,
     run: Callable[[list[str]], Any],
     retry: Callable[[str, str, int, float | None], Any],
+    *,
+    owner: Any,
+    owner_name: str,
 ) -> tuple[Any, Any]:
     """Register the events tasks on ``celery`` and make its workers consume ``queue``.
 
     :param run: processes a list of encoded events (inside the Flask app context).
     :param retry: runs one handler of an encoded event again: ``(message, handler, attempt,
         first_failed_at)``.
+    :param owner: the Flask app whose events the tasks process. A Celery app serves one Flask
+        app: a worker that takes a message cannot tell whose it is.
+    :param owner_name: how errors name ``owner``.
     :returns: the events task and the retry task.
+    :raises ConfigurationError: when another live Flask app is already bound to ``celery``.
     """
     accepted = set(celery.conf.accept_content or ())
     if "json" not in accepted and "application/json" not in accepted:
@@ -74,16 +100,20 @@ def bind_task(
             f"The Celery app {celery.main!r} does not accept JSON messages (accept_content="
             f"{celery.conf.accept_content!r}); flask-eventlib sends JSON only: add 'json'."
         )
+    bound = _bindings.get(celery)
+    if bound is not None and bound.owner() not in (None, owner):
+        raise ConfigurationError(
+            f"The Celery app {celery.main!r} already runs the events of the Flask app {bound.owner_name!r}; "
+            f"{owner_name!r} needs a Celery app of its own: leave out celery= (each Flask app then gets one "
+            "from its EVENTLIB_BROKER_URL), or pass another Celery app."
+        )
     if accepted & {"pickle", "application/x-python-serialize"}:
         logger.warning(
             "The Celery app %r accepts pickle; flask-eventlib sends events as JSON only, but a "
             "worker that accepts pickle runs code from any message. Set accept_content=['json'].",
             celery.main,
         )
-    # One task per name per Celery app: a second bind (another Flask app on the same Celery app)
-    # replaces the runners, not the tasks.
-    celery.__dict__["_eventlib_run"] = run
-    celery.__dict__["_eventlib_retry"] = retry
+    _bindings[celery] = _Binding(weakref.ref(owner), owner_name, run, retry)
     options: dict[str, Any] = {
         "bind": True,
         "shared": False,
@@ -98,17 +128,27 @@ def bind_task(
     return task, retry_task
 
 
+def _binding(celery: Celery) -> _Binding:
+    try:
+        return _bindings[celery]
+    except KeyError:
+        raise ConfigurationError(
+            f"The Celery app {celery.main!r} has no Flask app bound: start the worker from the module "
+            "that calls EventLib(app) (e.g. `celery -A shop.worker:celery worker`)."
+        ) from None
+
+
 def process_events(task: Any, messages: list[str]) -> int:
     """The events task: hand a list of encoded events to the runner bound to this Celery app."""
     if not isinstance(messages, list):
         messages = [messages]
-    task.app.__dict__["_eventlib_run"](messages)
+    _binding(task.app).run(messages)
     return len(messages)
 
 
 def retry_handler(task: Any, message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
     """The retry task: run one handler of one event again."""
-    task.app.__dict__["_eventlib_retry"](message, handler, attempt, first_failed_at)
+    _binding(task.app).retry(message, handler, attempt, first_failed_at)
 
 
 def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[list[str]], None]:
@@ -161,11 +201,12 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
     return send
 
 
-def make_schedule_retry(retry_task: Any, queue: str) -> Callable[[str, str, int, float | None, float], None]:
+def make_schedule_retry(celery: Celery, queue: str) -> Callable[[str, str, int, float | None, float], None]:
     """A function that sends one handler's retry to the workers after ``delay`` seconds."""
 
     def schedule(message: str, handler: str, attempt: int, first_failed_at: float | None, delay: float) -> None:
-        retry_task.apply_async(
+        celery.send_task(
+            RETRY_TASK_NAME,
             args=(message, handler, attempt, first_failed_at),
             countdown=delay or None,
             queue=queue,
@@ -175,6 +216,11 @@ def make_schedule_retry(retry_task: Any, queue: str) -> Callable[[str, str, int,
         )
 
     return schedule
+
+
+def unbind(celery: Celery) -> None:
+    """Forget the Flask app bound to ``celery`` (an ``init_app`` that failed after binding)."""
+    _bindings.pop(celery, None)
 
 
 def _consume(celery: Celery, queue: str) -> None:

@@ -22,8 +22,9 @@ from flask import Flask, current_app
 
 from .events import BaseEvent
 from .exceptions import ConfigurationError
-from .extension import EXTENSION_KEY
+from .extension import EXTENSION_KEY, EventLibState, unlisted_handlers
 from .handlers import MARKED
+from .publishers import Capture
 from .registry import MethodHandlerView, Registry
 
 _MISSING = object()
@@ -127,31 +128,19 @@ def capture_events(app: Flask | None = None, *, run_handlers: bool = False) -> I
     :param run_handlers: also run each event's handlers at once, in the caller, as eager mode
         does; the first handler error is raised after every handler ran.
     """
-    if app is None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-    state = app.extensions.get(EXTENSION_KEY)
-    if state is None:
-        raise ConfigurationError(
-            f"capture_events(): EventLib is not initialised on the Flask app {app.name!r}: call "
-            "EventLib(app) or eventlib.init_app(app) before capturing its events."
-        )
-    dispatcher = state.dispatcher
+    state = _state_of(app, "capture_events(): ")
+    runner = state.runner.inline()  # a failing handler is retried at once in the caller, never sent
     captured = CapturedEvents()
 
-    def publish(messages: list[str]) -> None:
+    def receive(messages: list[str]) -> None:
         for message in messages:
-            captured._add(message, dispatcher.decode(message))
+            captured._add(message, runner.decode(message))
         if run_handlers:
-            dispatcher.process(messages, propagate=True)
+            runner.process(messages, propagate=True)
 
-    saved = dispatcher.publish, dispatcher.eager, dispatcher.schedule_retry
-    # Not eager, so every log() goes through publish (events a handler logs are captured too);
-    # no retry scheduling, so a failing handler is retried at once in the caller, never sent.
-    dispatcher.publish, dispatcher.eager, dispatcher.schedule_retry = publish, False, None
-    try:
+    # Every log() goes through the app's publisher, so events a handler logs are captured too.
+    with state.publisher.override(Capture(receive)):
         yield captured
-    finally:
-        dispatcher.publish, dispatcher.eager, dispatcher.schedule_retry = saved
 
 
 # -- checking the registry ----------------------------------------------------------------------
@@ -160,8 +149,7 @@ def capture_events(app: Flask | None = None, *, run_handlers: bool = False) -> I
 def handler_labels(registry: Registry, name: str) -> list[str]:
     """The handlers of the event ``name`` in the order they run, named as the logs name them."""
     cls = registry.find(name)
-    event = cls(registry=registry)
-    event.name = name
+    event = cls(registry=registry, name=name)
     return [label for label, _ in event._handler_calls()]
 
 
@@ -180,6 +168,13 @@ def check_events(app: Flask | Registry | None = None) -> list[str]:
     registry = _registry_of(app)
     events = registry.events()
     problems: list[str] = []
+    flask_app = app if isinstance(app, Flask) else (None if isinstance(app, Registry) else current_app)
+    if flask_app is not None:
+        for func in unlisted_handlers(flask_app, registry):
+            problems.append(
+                f"{_label(func)} is marked @handler, but its module is not in EVENTLIB_HANDLER_MODULES, "
+                f"so it never runs: add {func.__module__!r} to EVENTLIB_HANDLER_MODULES."
+            )
     for name, cls in events.items():
         where = f"{cls.__module__}.{cls.__qualname__}"
         if not handler_labels(registry, name):
@@ -220,15 +215,19 @@ def check_events(app: Flask | Registry | None = None) -> list[str]:
 def _registry_of(target: Flask | Registry | None) -> Registry:
     if isinstance(target, Registry):
         return target
-    app: Flask = target if target is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    return _state_of(target).registry
+
+
+def _state_of(app: Flask | None, where: str = "") -> EventLibState:
+    if app is None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions.get(EXTENSION_KEY)
     if state is None:
         raise ConfigurationError(
-            f"EventLib is not initialised on the Flask app {app.name!r}: call EventLib(app) or "
-            "eventlib.init_app(app) first."
+            f"{where}EventLib is not initialised on the Flask app {app.name!r}: call "
+            "EventLib(app) or eventlib.init_app(app) first."
         )
-    registry: Registry = state.extension.registry
-    return registry
+    return state  # type: ignore[no-any-return]
 
 
 def _describe(name: str, data: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from click.testing import Result
 from flask import Flask
 from marshmallow import Schema, fields, validate
 
-from flask_eventlib import BaseEvent, EventLib, Registry, handler
+from flask_eventlib import BaseEvent, EventLib, handler
 from flask_eventlib.schemas import json_schema, typescript
 
 
@@ -47,7 +47,9 @@ class Bare(BaseEvent):
 @pytest.fixture
 def app(tmp_path: Path) -> Flask:
     """An app with three events of its own: one fine, one nobody handles, one public without schema."""
-    registry = Registry()
+    flask_app = Flask("cli", instance_path=str(tmp_path))
+    EventLib(flask_app, broker_url="memory://")
+    registry = flask_app.extensions["eventlib"].registry
     for cls in (SignedUp, Deleted, Bare):
         registry.register_event("users", cls)
 
@@ -57,8 +59,6 @@ def app(tmp_path: Path) -> Flask:
     @registry.handler("users.Bare")
     def count(event: BaseEvent) -> None: ...
 
-    flask_app = Flask("cli", instance_path=str(tmp_path))
-    EventLib(flask_app, registry=registry, broker_url="memory://")
     return flask_app
 
 
@@ -155,7 +155,7 @@ def test_describe_an_unknown_name_is_a_usage_error_with_a_suggestion(app: Flask,
 
 
 def test_schema_prints_the_public_events_json_schema(app: Flask) -> None:
-    registry = app.extensions["eventlib"].extension.registry
+    registry = app.extensions["eventlib"].registry
     result = run(app, "schema")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
@@ -167,7 +167,7 @@ def test_schema_prints_the_public_events_json_schema(app: Flask) -> None:
 
 
 def test_types_prints_the_declarations(app: Flask) -> None:
-    registry = app.extensions["eventlib"].extension.registry
+    registry = app.extensions["eventlib"].registry
     result = run(app, "types")
     assert result.exit_code == 0, result.output
     assert result.output == typescript(registry.events())
@@ -189,10 +189,9 @@ def test_check_exits_1_and_explains_each_problem(app: Flask) -> None:
 
 
 def test_check_passes_when_all_is_well(tmp_path: Path) -> None:
-    registry = Registry()
-    registry.register_event("users", SignedUp)
     fine = Flask("fine", instance_path=str(tmp_path))
-    EventLib(fine, registry=registry, broker_url="memory://")
+    EventLib(fine, broker_url="memory://")
+    fine.extensions["eventlib"].registry.register_event("users", SignedUp)
     result = run(fine, "check")
     assert result.exit_code == 0, result.output
     assert result.output == "OK: 1 event, each with a handler; every public event has a schema.\n"
@@ -200,7 +199,7 @@ def test_check_passes_when_all_is_well(tmp_path: Path) -> None:
 
 def test_an_app_without_events(tmp_path: Path) -> None:
     empty = Flask("empty", instance_path=str(tmp_path))
-    EventLib(empty, registry=Registry(), broker_url="memory://")
+    EventLib(empty, broker_url="memory://")
     assert run(empty, "events").output == (
         "No events are registered: put BaseEvent subclasses in the events module of a blueprint.\n"
     )
@@ -214,10 +213,9 @@ class Broken(BaseEvent):
 
 @pytest.mark.parametrize("command", [["schema"], ["types"], ["describe", "shop.Broken"]])
 def test_an_event_whose_schema_is_not_marshmallow_is_an_error_message(tmp_path: Path, command: list[str]) -> None:
-    registry = Registry()
-    registry.register_event("shop", Broken)
     broken = Flask("broken", instance_path=str(tmp_path))
-    EventLib(broken, registry=registry, broker_url="memory://")
+    EventLib(broken, broker_url="memory://")
+    broken.extensions["eventlib"].registry.register_event("shop", Broken)
     result = run(broken, *command)
     assert result.exit_code == 1
     assert result.stderr == (

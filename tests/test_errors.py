@@ -44,10 +44,9 @@ class NotMarshmallow(BaseEvent):
 
 
 def logging_an_event_whose_schema_is_not_marshmallow() -> None:
-    registry = Registry()
-    registry.register_event("deals", NotMarshmallow)
     app = Flask("schema")
-    EventLib(app, registry=registry, always_eager=True, broker_url="memory://")
+    EventLib(app, always_eager=True, broker_url="memory://")
+    app.extensions["eventlib"].registry.register_event("deals", NotMarshmallow)
     with app.app_context():
         log("deals.NotMarshmallow", {"deal_id": 1})
 
@@ -72,8 +71,8 @@ def logging_in_an_app_without_the_extension() -> None:
 
 def initialising_twice() -> None:
     app = Flask("twice")
-    EventLib(app, registry=Registry(), always_eager=True, broker_url="memory://")
-    EventLib(app, registry=Registry(), always_eager=True, broker_url="memory://")
+    EventLib(app, always_eager=True, broker_url="memory://")
+    EventLib(app, always_eager=True, broker_url="memory://")
 
 
 def an_unknown_setting() -> None:
@@ -213,7 +212,7 @@ def test_duplicate_names_from_a_blueprint_and_an_events_module(tmp_package: Path
     app = Flask("dup", instance_path=str(tmp_package))
     app.register_blueprint(bp)
     with pytest.raises(ConfigurationError) as info:
-        EventLib(app, registry=Registry(), broker_url="memory://", event_modules={"deals": "legacy_events"})
+        EventLib(app, broker_url="memory://", event_modules={"deals": "legacy_events"})
     assert str(info.value) == (
         "Two events are named 'deals.DealClick': shopdeals.events.DealClick and legacy_events.DealClick. "
         "Rename one of the classes or give one of the apps another label."

@@ -24,7 +24,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import TestResponse
 
-from flask_eventlib import ConfigurationError, EventLib, Registry, log
+from flask_eventlib import ConfigurationError, EventLib, log
 from flask_eventlib.views import blueprint
 from tests.conftest import REDIS_URL, Records, Worker
 from tests.sample import create_app
@@ -158,7 +158,7 @@ def test_a_malformed_client_id_is_refused(client: FlaskClient, records: Records,
 
 def test_the_context_is_the_servers(make_app: AppFactory, records: Records) -> None:
     # A public event without a schema, in a registry of its own, takes any data.
-    free = make_app(eventlib=EventLib(registry=Registry()), EVENTLIB_EVENT_MODULES={"free": "tests.sample.web.free"})
+    free = make_app(eventlib=EventLib(), EVENTLIB_EVENT_MODULES={"free": "tests.sample.web.free"})
     client = free.test_client()
     forged = {"received_at": "1999-01-01", "remote_addr": "6.6.6.6"}
     response = client.post("/event/log", json={"event": "free.Anything", "data": {}, "context": forged})
@@ -502,20 +502,11 @@ def test_prefix_and_switch(make_app: AppFactory, records: Records) -> None:
 
 
 def test_the_extensions_blueprint_is_not_searched_for_events() -> None:
-    class Spy(Registry):
-        def __init__(self) -> None:
-            super().__init__()
-            self.labels: list[str] = []
-
-        def discover(self, label: str, package: str) -> list[str]:
-            self.labels.append(label)
-            return super().discover(label, package)
-
-    registry = Spy()
     app = Flask("spy")
     app.register_blueprint(blueprint, url_prefix="/custom")  # registered by hand before init_app
-    EventLib(registry=registry, always_eager=True, broker_url="memory://", http_enabled=False).init_app(app)
-    assert registry.labels == []
+    EventLib(always_eager=True, broker_url="memory://", http_enabled=False).init_app(app)
+    registry = app.extensions["eventlib"].registry
+    assert registry.events() == {} and "flask_eventlib.events" not in registry.scanned_modules
     assert app.url_map.bind("localhost").match("/custom/log", method="POST")[0] == "eventlib.log"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask, render_template_string
 
-from flask_eventlib import EventLib, Registry
+from flask_eventlib import EventLib
 from flask_eventlib.views import SCRIPT_PATH
 from tests.conftest import ROOT
 from tests.sample import create_app
@@ -135,7 +135,7 @@ def test_the_typed_calls_really_fail_without_the_expectations(tmp_path: Path) ->
 
 def make_app(tmp_path: Path, **config: Any) -> Flask:
     app = Flask("js", instance_path=str(tmp_path))
-    EventLib(app, registry=Registry(), broker_url="memory://", **config)
+    EventLib(app, broker_url="memory://", **config)
     return app
 
 

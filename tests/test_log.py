@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import uuid
@@ -15,15 +16,16 @@ from flask import Flask
 
 from flask_eventlib import (
     BaseEvent,
+    Codec,
     ConfigurationError,
     EventLib,
     EventNotFound,
-    Registry,
     SerializationError,
     ValidationError,
     flush,
     log,
 )
+from flask_eventlib.serialization import register_builtins
 from flask_eventlib.tasks import TASK_NAME
 from tests.conftest import REDIS_URL, Records
 from tests.sample import create_app
@@ -56,14 +58,84 @@ def test_clean_changes_in_place_do_not_reach_the_caller() -> None:
             self.data["added"] = True
             self.data["nested"]["inner"] = "changed"
 
-    registry = Registry()
-    registry.register_event("m", Mutating)
     app = Flask("m")
-    EventLib(app, registry=registry, always_eager=True, broker_url="memory://")
+    EventLib(app, always_eager=True, broker_url="memory://")
+    app.extensions["eventlib"].registry.register_event("m", Mutating)
     data: dict[str, Any] = {"nested": {"inner": "original"}}
     with app.app_context():
         log("m.Mutating", data)
     assert data == {"nested": {"inner": "original"}}
+
+
+class Box:
+    """A mutable value of a type registered with the codec."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and other.items == self.items
+
+    def __hash__(self) -> int:
+        return 0  # equal boxes must hash alike; the value's contents may change
+
+
+def _grow(value: Any) -> None:
+    """Change whatever mutable part ``value`` has, in place, as a careless clean() would."""
+    if isinstance(value, dict):
+        value["added"] = True
+        for item in value.values():
+            _grow(item)
+    elif isinstance(value, list):
+        value.append("added")
+        for item in value[:-1]:
+            _grow(item)
+    elif isinstance(value, set):
+        value.add("added")
+    elif isinstance(value, tuple | frozenset):
+        for item in value:
+            _grow(item)
+    elif isinstance(value, Box):
+        value.items.append(99)
+
+
+CONTAINERS = {
+    "dict": {"inner": {"k": 1}},
+    "list": [[1], {"k": 2}],
+    "set": {1, 2},
+    "tuple": ([1], {"k": 3}),
+    "frozenset": frozenset({Box([1])}),
+    "registered type": Box([1, 2]),
+    "tuple in a list in a dict": {"deep": [([1],)]},
+}
+
+
+@pytest.mark.parametrize("value", CONTAINERS.values(), ids=CONTAINERS.keys())
+def test_clean_works_on_a_deep_copy_of_every_container_type(value: Any) -> None:
+    class Careless(BaseEvent):
+        def clean(self) -> None:
+            _grow(self.data["value"])
+
+    seen: list[Any] = []
+
+    class Probe(BaseEvent):
+        def clean(self) -> None:
+            seen.append(self.data["value"])
+
+    codec = Codec()
+    register_builtins(codec)
+    codec.register_type(Box, "box", dump=lambda box: box.items, load=Box)
+    app = Flask("copies")
+    EventLib(app, always_eager=True, broker_url="memory://", codec=codec)
+    app.extensions["eventlib"].registry.register_event("c", Careless)
+    app.extensions["eventlib"].registry.register_event("c", Probe)
+    data = {"value": value}
+    before = copy.deepcopy(data)
+    with app.app_context():
+        log("c.Careless", data)
+        log("c.Probe", data)
+    assert data == before  # the caller's value, every level of it, is as it was
+    assert seen == [before["value"]] and seen[0] is not value
 
 
 def test_require_data_keys_names_missing_keys_in_order(eager_app: Flask, records: Records) -> None:
@@ -210,7 +282,7 @@ def test_second_init_app_is_an_error() -> None:
 def test_constructor_overrides_beat_config_and_defaults_are_set() -> None:
     app = Flask("o")
     app.config["EVENTLIB_QUEUE"] = "from-config"
-    EventLib(app, queue="from-constructor", broker_url="memory://", registry=Registry())
+    EventLib(app, queue="from-constructor", broker_url="memory://")
     assert app.config["EVENTLIB_QUEUE"] == "from-constructor"
     assert app.config["EVENTLIB_ALWAYS_EAGER"] is False
     with pytest.raises(TypeError, match="unknown setting 'queues'"):
@@ -219,7 +291,7 @@ def test_constructor_overrides_beat_config_and_defaults_are_set() -> None:
 
 def test_created_celery_is_json_only_and_consumes_the_events_queue() -> None:
     app = Flask("c")
-    ext = EventLib(app, broker_url="memory://", registry=Registry())
+    ext = EventLib(app, broker_url="memory://")
     celery = ext.celery
     with app.app_context():
         assert ext.celery is celery
@@ -232,7 +304,7 @@ def test_created_celery_is_json_only_and_consumes_the_events_queue() -> None:
 def test_a_celery_app_passed_in_is_used_and_keeps_its_default_queue() -> None:
     celery = Celery("mine", broker="memory://", set_as_current=False)
     app = Flask("p")
-    ext = EventLib(app, celery=celery, registry=Registry(), queue="events")
+    ext = EventLib(app, celery=celery, queue="events")
     assert ext.celery is celery
     assert TASK_NAME in celery.tasks
     assert [q.name for q in celery.conf.task_queues] == ["celery", "events"]
@@ -243,18 +315,18 @@ def test_a_celery_app_that_refuses_json_is_refused() -> None:
     celery = Celery("picky", broker="memory://", set_as_current=False)
     celery.conf.accept_content = ["pickle"]
     with pytest.raises(ValueError, match="does not accept JSON"):
-        EventLib(Flask("q"), celery=celery, registry=Registry())
+        EventLib(Flask("q"), celery=celery)
 
 
 def test_no_broker_means_the_embedded_filesystem_broker(tmp_path: Any) -> None:
     app = Flask("fs", instance_path=str(tmp_path))
-    ext = EventLib(app, registry=Registry())
+    ext = EventLib(app)
     assert ext.celery.conf.broker_url == "filesystem://"
     assert (tmp_path / "eventlib-broker" / "queue").is_dir()
 
 
 def test_one_extension_gives_each_app_its_own_celery_app() -> None:
-    ext = EventLib(registry=Registry())
+    ext = EventLib()
     first, second = Flask("first"), Flask("second")
     first.config["EVENTLIB_BROKER_URL"] = "memory://"
     second.config["EVENTLIB_BROKER_URL"] = REDIS_URL

@@ -10,19 +10,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from flask import Flask
 
-from flask_eventlib import flush, log, signals
+from flask_eventlib import BaseEvent, EventLib, flush, log, signals
 from flask_eventlib.publishing import Sender, Spool
 from tests.conftest import REDIS_URL, Records, wait_for
 from tests.sample import create_app
 
 
-@pytest.fixture
-def queued_app(redis_client: redis.Redis, records: Records, tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+def make_queued_app(records: Records, tmp_path: Path, **config: Any) -> tuple[Flask, str]:
     """The sample app on the real Redis broker, with no worker: messages stay in the queue."""
     queue = f"eventlib-test-publish-{uuid.uuid4().hex[:8]}"
     app = create_app(
@@ -30,6 +30,7 @@ def queued_app(redis_client: redis.Redis, records: Records, tmp_path: Path) -> I
         EVENTLIB_QUEUE=queue,
         SAMPLE_RECORD_KEY=records.key,
         EVENTLIB_SPOOL_PATH=str(tmp_path / "spool.sqlite3"),
+        **config,
     )
 
     @app.post("/click/<int:count>")
@@ -45,6 +46,12 @@ def queued_app(redis_client: redis.Redis, records: Records, tmp_path: Path) -> I
             raise RuntimeError("the view failed")
         return "", status
 
+    return app, queue
+
+
+@pytest.fixture
+def queued_app(redis_client: redis.Redis, records: Records, tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+    app, queue = make_queued_app(records, tmp_path)
     yield app, queue
     redis_client.delete(queue)
 
@@ -79,10 +86,9 @@ def test_outside_a_request_log_publishes_at_once(queued_app: tuple[Flask, str], 
 
 @pytest.mark.parametrize(("send_on_failure", "expected"), [(True, [400, 0]), (False, [])])
 def test_failed_requests_send_their_events_unless_configured_otherwise(
-    queued_app: tuple[Flask, str], redis_client: redis.Redis, send_on_failure: bool, expected: list[int]
+    records: Records, tmp_path: Path, redis_client: redis.Redis, send_on_failure: bool, expected: list[int]
 ) -> None:
-    app, queue = queued_app
-    app.extensions["eventlib"].send_on_failed_request = send_on_failure
+    app, queue = make_queued_app(records, tmp_path, EVENTLIB_SEND_ON_FAILED_REQUEST=send_on_failure)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     client = app.test_client()
     assert client.post("/fail/400").status_code == 400
@@ -91,7 +97,42 @@ def test_failed_requests_send_their_events_unless_configured_otherwise(
     with app.app_context():
         assert flush()
     sent = [json.loads(m)["data"]["deal_id"] for batch in queued_events(redis_client, queue) for m in batch]
+    redis_client.delete(queue)
     assert sent == [*expected, 201]
+
+
+def test_events_logged_after_the_request_handed_its_events_over_are_sent(
+    records: Records, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    # Flask runs teardown functions in reverse order: one registered before init_app runs after
+    # the extension's, which has already handed the request's events to the sender.
+    queue = f"eventlib-test-publish-{uuid.uuid4().hex[:8]}"
+    app = Flask("late", instance_path=str(tmp_path))
+
+    @app.teardown_request
+    def audit(error: BaseException | None) -> None:
+        log("late.Audited", {"path": "/"})
+
+    @app.get("/")
+    def index() -> str:
+        log("late.Audited", {"path": "in the view"})
+        return "ok"
+
+    EventLib(app, broker_url=REDIS_URL, queue=queue, spool_path=str(tmp_path / "spool.sqlite3"))
+    app.extensions["eventlib"].registry.register_event("late", Audited)
+    try:
+        for _ in range(20):
+            assert app.test_client().get("/").status_code == 200
+        with app.app_context():
+            assert flush()
+        sent = [json.loads(m)["data"]["path"] for batch in queued_events(redis_client, queue) for m in batch]
+    finally:
+        redis_client.delete(queue)
+    assert sent.count("in the view") == 20 and sent.count("/") == 20
+
+
+class Audited(BaseEvent):
+    pass
 
 
 def test_the_spool_keeps_order_and_survives_the_process(tmp_path: Path) -> None:

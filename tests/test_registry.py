@@ -14,7 +14,7 @@ from tests.sample.deals.events import DealClick, SpecialClick
 
 
 def test_blueprint_events_modules_are_discovered(eager_app: Flask) -> None:
-    events = eager_app.extensions["eventlib"].extension.registry.events()
+    events = eager_app.extensions["eventlib"].registry.events()
     assert events["deals.DealClick"] is DealClick
     assert events["users.SignedUp"].__module__ == "tests.sample.users.events"
     # Imported into users.events, defined elsewhere: not a users event.
@@ -40,7 +40,7 @@ def test_malformed_names_say_which_form_is_expected(name: object) -> None:
 
 @pytest.mark.parametrize("name", ["deals.__class__", "deals.__init__", "deals.clean", "deals.BaseEvent"])
 def test_attribute_names_are_not_events(eager_app: Flask, name: str) -> None:
-    registry = eager_app.extensions["eventlib"].extension.registry
+    registry = eager_app.extensions["eventlib"].registry
     with pytest.raises(EventNotFound, match="There is no event named"):
         registry.find(name)
 
@@ -154,7 +154,7 @@ def test_import_error_inside_an_events_module_propagates(tmp_package: Path) -> N
     app = Flask("x")
     app.register_blueprint(bp)
     with pytest.raises(ModuleNotFoundError, match="module_that_does_not_exist"):
-        EventLib(app, registry=Registry(), broker_url="memory://")
+        EventLib(app, broker_url="memory://")
 
 
 def test_blueprint_without_events_module_and_event_modules_setting(tmp_package: Path) -> None:
@@ -175,8 +175,8 @@ def test_blueprint_without_events_module_and_event_modules_setting(tmp_package: 
 
     app = Flask("x")
     app.register_blueprint(bp)
-    registry = Registry()
-    EventLib(app, registry=registry, broker_url="memory://", event_modules={"ops": "elsewhere"})
+    EventLib(app, broker_url="memory://", event_modules={"ops": "elsewhere"})
+    registry = app.extensions["eventlib"].registry
     assert list(registry.events()) == ["ops.Ping"]
     with pytest.raises(EventNotFound, match="There is no event named Nope in the plain app"):
         registry.find("plain.Nope")
@@ -184,7 +184,7 @@ def test_blueprint_without_events_module_and_event_modules_setting(tmp_package: 
 
 def test_event_modules_must_be_a_dict() -> None:
     with pytest.raises(ConfigurationError, match="must be a dict"):
-        EventLib(Flask("x"), registry=Registry(), broker_url="memory://", event_modules=["ops"])
+        EventLib(Flask("x"), broker_url="memory://", event_modules=["ops"])
 
 
 def test_labels_with_dots_are_refused() -> None:
@@ -211,6 +211,5 @@ def test_nested_blueprint_uses_its_own_name(tmp_package: Path) -> None:
     outer_bp.register_blueprint(inner_bp)
     app = Flask("x")
     app.register_blueprint(outer_bp)
-    registry = Registry()
-    EventLib(app, registry=registry, broker_url="memory://")
-    assert list(registry.events()) == ["inner.Deep"]
+    EventLib(app, broker_url="memory://")
+    assert list(app.extensions["eventlib"].registry.events()) == ["inner.Deep"]

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from marshmallow import Schema, fields, validate
 
-from flask_eventlib import BaseEvent, ConfigurationError, EventLib, Registry
+from flask_eventlib import BaseEvent, ConfigurationError, EventLib
 from flask_eventlib.schemas import (
     JSON_SCHEMA_DIALECT,
     TS_INTERFACE,
@@ -399,11 +399,10 @@ def tsc() -> Path:
 @pytest.fixture
 def declarations(tmp_path: Path) -> Path:
     """``events.d.ts`` written by ``flask eventlib types`` for an app with the events above."""
-    registry = Registry()
-    for label, cls in [("deals", DealClick), ("deals", Purchase), ("users", SignedUp), ("ops", Internal)]:
-        registry.register_event(label, cls)
     app = Flask("ts", instance_path=str(tmp_path))
-    EventLib(app, registry=registry, broker_url="memory://")
+    EventLib(app, broker_url="memory://")
+    for label, cls in [("deals", DealClick), ("deals", Purchase), ("users", SignedUp), ("ops", Internal)]:
+        app.extensions["eventlib"].registry.register_event(label, cls)
     result = app.test_cli_runner().invoke(args=["eventlib", "types"])
     assert result.exit_code == 0, result.output
     for name in ("client.d.ts", "valid.ts", "invalid.ts"):
@@ -441,11 +440,11 @@ def test_without_the_declarations_no_event_name_type_checks(declarations: Path) 
 
 @pytest.mark.parametrize("prefix", ["/event", "/track"])
 def test_the_schema_is_served_next_to_the_endpoint(tmp_path: Path, prefix: str) -> None:
-    registry = Registry()
+    app = Flask("served", instance_path=str(tmp_path))
+    EventLib(app, broker_url="memory://", url_prefix=prefix)
+    registry = app.extensions["eventlib"].registry
     for label, cls in [("deals", DealClick), ("deals", Purchase), ("users", SignedUp), ("ops", Internal)]:
         registry.register_event(label, cls)
-    app = Flask("served", instance_path=str(tmp_path))
-    EventLib(app, registry=registry, broker_url="memory://", url_prefix=prefix)
     response = app.test_client().get(f"{prefix}/schema.json")
     assert response.status_code == 200
     assert response.mimetype == "application/json"

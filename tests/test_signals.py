@@ -60,7 +60,7 @@ def test_signals_follow_an_event_through_retries_to_success(
         ("handler_retried", "flaky", 2),
         ("handler_succeeded", "flaky", 3),
     ]
-    assert received[0][1].id == event_id
+    assert received[0][1] is retrying_app and received[0][2]["event"].id == event_id
 
 
 def test_dead_letter_and_rejection_signals(
@@ -73,11 +73,30 @@ def test_dead_letter_and_rejection_signals(
     names = [name for name, _, _ in received]
     assert names == ["event_logged", "handler_failed", "handler_dead_lettered", "event_rejected"]
     dead = received[2]
-    assert dead[1].id == event_id and dead[2]["attempt"] == 1
+    assert dead[1] is retrying_app and dead[2]["event"].id == event_id and dead[2]["attempt"] == 1
     store = retrying_app.extensions["eventlib"].store
     assert [d.event_id for d in store.dead_letters()] == [event_id]
     rejected = received[3]
-    assert rejected[1] == "deals.DealClick" and isinstance(rejected[2]["error"], ValidationError)
+    assert rejected[1] is retrying_app and rejected[2]["name"] == "deals.DealClick"
+    assert isinstance(rejected[2]["error"], ValidationError)
+
+
+def test_signals_name_the_app_so_a_receiver_can_listen_to_one_app(records: Records) -> None:
+    first, second = (
+        create_app(EVENTLIB_ALWAYS_EAGER=True, EVENTLIB_BROKER_URL="memory://", SAMPLE_RECORD_KEY=records.key)
+        for _ in range(2)
+    )
+    seen: list[str] = []
+
+    def on_logged(sender: Flask, event: Any) -> None:
+        seen.append(event.id)
+
+    with signals.event_logged.connected_to(on_logged, sender=first):
+        with first.app_context():
+            mine = log("deals.DealClick", {"deal_id": 1})
+        with second.app_context():
+            log("deals.DealClick", {"deal_id": 2})
+    assert seen == [mine]
 
 
 def test_a_failing_receiver_is_logged_and_log_still_works(

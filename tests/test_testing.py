@@ -88,14 +88,15 @@ def test_run_handlers_runs_them_in_the_caller_and_raises_their_error(eager_app: 
     assert events.names == ["deals.DealClick", "deals.Flaky"]
 
 
-def test_the_dispatcher_is_restored_afterwards(eager_app: Flask, records: Records) -> None:
-    dispatcher = eager_app.extensions["eventlib"].dispatcher
-    before = (dispatcher.publish, dispatcher.eager, dispatcher.schedule_retry)
+def test_the_app_publishes_as_before_once_the_capture_ends(eager_app: Flask, records: Records) -> None:
+    publisher = eager_app.extensions["eventlib"].publisher
+    before = publisher.default
     with eager_app.app_context():
-        with capture_events():
-            log("deals.DealClick", {"deal_id": 1})
-        assert (dispatcher.publish, dispatcher.eager, dispatcher.schedule_retry) == before
+        with capture_events() as events:
+            captured_id = log("deals.DealClick", {"deal_id": 1})
+        assert publisher.default is before and [event.id for event in events] == [captured_id]
         event_id = log("deals.DealClick", {"deal_id": 2})
+    assert records.handlers_for(captured_id) == []  # captured: never run
     assert len(records.handlers_for(event_id)) == 4  # eager again
 
 
@@ -118,10 +119,9 @@ def test_the_pytest_fixture(tmp_path: Path) -> None:
 
             @pytest.fixture
             def app(tmp_path):
-                registry = Registry()
-                registry.register_event("users", Signup)
                 app = Flask("fixture", instance_path=str(tmp_path))
-                EventLib(app, registry=registry, broker_url="memory://")
+                EventLib(app, broker_url="memory://")
+                app.extensions["eventlib"].registry.register_event("users", Signup)
                 return app
             """
         )
@@ -159,17 +159,16 @@ def test_the_pytest_fixture(tmp_path: Path) -> None:
 
 
 def test_an_app_whose_events_are_fine_passes_the_check(tmp_path: Path) -> None:
-    registry = Registry()
-    registry.register_event("shop", PublicWithSchema)
     app = Flask("fine", instance_path=str(tmp_path))
-    EventLib(app, registry=registry, broker_url="memory://")
+    EventLib(app, broker_url="memory://")
+    app.extensions["eventlib"].registry.register_event("shop", PublicWithSchema)
     assert check_events(app) == []
     with app.app_context():
         assert check_events() == []
 
 
 def test_handler_labels_are_in_run_order_as_the_logs_name_them(eager_app: Flask) -> None:
-    registry = eager_app.extensions["eventlib"].extension.registry
+    registry = eager_app.extensions["eventlib"].registry
     assert handler_labels(registry, "deals.Purchase") == [
         "tests.sample.deals.events.Purchase.store",
         "tests.sample.handlers.audit",
@@ -255,10 +254,9 @@ def test_capture_events_needs_an_initialised_app() -> None:
 
 
 def test_a_fresh_app_with_its_own_registry(tmp_path: Path) -> None:
-    registry = Registry()
-    registry.register_event("shop", PublicWithSchema)
     app = Flask("fresh", instance_path=str(tmp_path))
-    EventLib(app, registry=registry, broker_url="memory://")
+    EventLib(app, broker_url="memory://")
+    app.extensions["eventlib"].registry.register_event("shop", PublicWithSchema)
     with app.app_context(), capture_events() as events:
         log("shop.PublicWithSchema", {"n": "5"})
     assert events.assert_logged("shop.PublicWithSchema", n=5).name == "shop.PublicWithSchema"

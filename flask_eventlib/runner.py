@@ -1,0 +1,306 @@
+"""The worker's side of an event's journey: decode, run each handler, retry, dead-letter, dedup.
+
+A :class:`Runner` is one app's; it needs no Flask app, broker or Celery: the Celery task (or the
+eager publisher, or a test) hands it encoded messages, inside whatever context the caller sets up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import envelope, signals
+from .events import BaseEvent
+from .exceptions import DontRetry
+from .handlers import policy_of
+from .registry import Registry
+from .serialization import Codec
+from .store import DeadLetter, Store
+
+logger = logging.getLogger("flask_eventlib")
+
+#: ``(message, handler, attempt, first_failed_at, delay)``: run one handler again later.
+ScheduleRetry = Callable[[str, str, int, "float | None", float], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """Runs the handlers of encoded events for one app.
+
+    :param registry: the app's events and function handlers.
+    :param codec: how the events were encoded.
+    :param store: where dedup marks and dead letters are kept (``None``: neither).
+    :param schedule_retry: sends one handler's retry to the workers; ``None`` retries at once, in
+        the caller (eager mode and tests).
+    :param retries: default number of retries of a failing handler.
+    :param backoff: default seconds before the first retry (doubling, with jitter).
+    :param backoff_max: the longest wait between two attempts.
+    :param dedup_ttl: seconds during which a handler that succeeded for an event id is not run
+        again for the same id; 0 turns dedup off.
+    :param signal_sender: the sender of the signals it sends (the Flask app).
+    """
+
+    registry: Registry
+    codec: Codec
+    store: Store | None = None
+    schedule_retry: ScheduleRetry | None = None
+    retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    dedup_ttl: float = 0.0
+    signal_sender: Any = None
+
+    def inline(self) -> Runner:
+        """This runner with retries run at once, in the caller, instead of sent to the workers."""
+        return dataclasses.replace(self, schedule_retry=None)
+
+    def decode(self, message: str | bytes) -> BaseEvent:
+        """Rebuild the event an encoded message stands for (its data is trusted, not cleaned).
+
+        :raises SerializationError: for a message that is not a valid envelope.
+        :raises EventNotFound: for an event this app does not know.
+        """
+        found = envelope.decode(message, self.codec)
+        cls = self.registry.find(found.name)
+        return cls(
+            found.data,
+            id=found.id,
+            context=found.context,
+            logged_at=found.logged_at,
+            registry=self.registry,
+            name=found.name,
+        )
+
+    def process(self, messages: Iterable[str], *, propagate: bool = False) -> list[HandlerResult]:
+        """Decode each message and run its event's handlers; return what happened.
+
+        Every handler gets its chance: a failing handler is logged at ERROR with its traceback on
+        the ``flask_eventlib`` logger, retried alone later (or at once without ``schedule_retry``),
+        and dead-lettered after its last attempt; the next handler runs meanwhile. Handlers that
+        already succeeded for an event id (within ``dedup_ttl``) are skipped. A message that
+        cannot be decoded is logged and dead-lettered alone; the others are still processed.
+
+        :param propagate: re-raise the first error once every handler of every message has run.
+        """
+        decoded: list[tuple[str, BaseEvent]] = []
+        first_error: BaseException | None = None
+        for message in messages:
+            try:
+                decoded.append((message, self.decode(message)))
+            except Exception as exc:
+                self._undecodable(message, exc)
+                first_error = first_error or exc
+        done = self._completed([event.id or "" for _, event in decoded])
+        results: list[HandlerResult] = []
+        for message, event in decoded:
+            event_id = event.id or ""
+            skip = done.setdefault(event_id, set())
+            succeeded: list[str] = []
+            for label, call in event._handler_calls():
+                if label in skip:
+                    continue
+                result = self._attempt(message, event, label, call, 1, None)
+                results.append(result)
+                if result.error is None:
+                    succeeded.append(label)
+                else:
+                    first_error = first_error or result.error
+                # A retried or dead-lettered handler is not run again for a duplicate either.
+                skip.add(label)
+            # Marked per event, so a worker killed mid-message re-runs as little as possible.
+            self._mark_completed({event_id: succeeded})
+        if propagate and first_error is not None:
+            raise first_error
+        return results
+
+    def process_retry(
+        self, message: str, handler: str, attempt: int, first_failed_at: float | None
+    ) -> HandlerResult | None:
+        """Run one handler of an encoded event again (a retry or a replay); ``None`` if already done."""
+        event = self.decode(message)
+        if handler in self._completed([event.id or ""]).get(event.id or "", set()):
+            return None
+        for label, call in event._handler_calls():
+            if label == handler:
+                result = self._attempt(message, event, label, call, attempt, first_failed_at)
+                if result.error is None:
+                    self._mark_completed({event.id or "": [label]})
+                return result
+        error = LookupError(f"The event {event.name} has no handler {handler} any more")
+        self._dead_letter(message, event, handler, attempt, error, "", first_failed_at or time.time())
+        return HandlerResult(event, handler, error, attempt=attempt, dead_lettered=True)
+
+    def replay(self, letter: DeadLetter) -> None:
+        """Run a dead letter's handler again, through the workers (at once without ``schedule_retry``)."""
+        if self.schedule_retry is None:
+            self.process_retry(letter.message, letter.handler, 1, None)
+        else:
+            self.schedule_retry(letter.message, letter.handler, 1, None, 0.0)
+
+    def _attempt(
+        self,
+        message: str,
+        event: BaseEvent,
+        label: str,
+        call: Callable[[], Any],
+        attempt: int,
+        first_failed_at: float | None,
+    ) -> HandlerResult:
+        """Run one handler; on failure log it and retry it (inline or later) or dead-letter it."""
+        policy = policy_of(_target(call))
+        retries = policy.retries if policy and policy.retries is not None else self.retries
+        backoff = policy.backoff if policy and policy.backoff is not None else self.backoff
+        sender = self.signal_sender
+        while True:
+            try:
+                call()
+            except Exception as exc:
+                now = time.time()
+                first_failed_at = first_failed_at or now
+                final = isinstance(exc, DontRetry) or attempt > retries
+                delay = 0.0 if final else self._delay(backoff, attempt)
+                if isinstance(exc, DontRetry):
+                    outcome = "dead-lettered (DontRetry)"
+                elif final:
+                    outcome = "dead-lettered"
+                else:
+                    outcome = "retrying" if self.schedule_retry is None else f"retrying in {delay:.2f}s"
+                logger.error(
+                    "Handler %s failed for event %s (id %s), attempt %d of %d: %s",
+                    label,
+                    event.name,
+                    event.id,
+                    attempt,
+                    retries + 1,
+                    outcome,
+                    exc_info=True,
+                    extra={"event_name": event.name, "event_id": event.id, "handler": label, "attempt": attempt},
+                )
+                signals.send(signals.handler_failed, sender, event=event, handler=label, attempt=attempt, error=exc)
+                if final:
+                    self._dead_letter(message, event, label, attempt, exc, traceback.format_exc(), first_failed_at)
+                    return HandlerResult(event, label, exc, attempt=attempt, dead_lettered=True)
+                signals.send(signals.handler_retried, sender, event=event, handler=label, attempt=attempt, delay=delay)
+                if self.schedule_retry is None:
+                    attempt += 1
+                    continue
+                try:
+                    self.schedule_retry(message, label, attempt + 1, first_failed_at, delay)
+                except Exception as publish_error:
+                    logger.error("Cannot schedule a retry of %s for event %s: %s", label, event.id, publish_error)
+                    self._dead_letter(message, event, label, attempt, exc, traceback.format_exc(), first_failed_at)
+                    return HandlerResult(event, label, exc, attempt=attempt, dead_lettered=True)
+                return HandlerResult(event, label, exc, attempt=attempt, retry_in=delay)
+            else:
+                signals.send(signals.handler_succeeded, sender, event=event, handler=label, attempt=attempt)
+                return HandlerResult(event, label, None, attempt=attempt)
+
+    def _delay(self, backoff: float, attempt: int) -> float:
+        """Exponential backoff with jitter: half the step fixed, half random."""
+        step = min(self.backoff_max, backoff * 2 ** (attempt - 1))
+        return float(step / 2 + random.uniform(0, step / 2))
+
+    def _dead_letter(
+        self,
+        message: str,
+        event: BaseEvent | None,
+        handler: str,
+        attempts: int,
+        error: BaseException,
+        trace: str,
+        first_failed_at: float,
+    ) -> None:
+        letter = DeadLetter(
+            event_id=(event.id if event else None) or "",
+            event_name=(event.name if event else None) or "",
+            handler=handler,
+            message=message if isinstance(message, str) else bytes(message).decode("utf-8", "replace"),
+            error=repr(error),
+            traceback=trace,
+            attempts=attempts,
+            first_failed_at=first_failed_at,
+            last_failed_at=time.time(),
+        )
+        if self.store is None:
+            logger.error(
+                "No dead-letter store: the failed event %s for %s is only in this log", letter.event_id, handler
+            )
+            return
+        try:
+            self.store.add_dead_letter(letter)
+        except Exception:
+            # The message is not logged: it may hold personal data sent by a browser.
+            logger.exception("Cannot store the dead letter of event %s for %s", letter.event_id, handler)
+            return
+        if event is not None:
+            signals.send(
+                signals.handler_dead_lettered,
+                self.signal_sender,
+                event=event,
+                handler=handler,
+                attempt=attempts,
+                error=error,
+            )
+
+    def _undecodable(self, message: str | bytes, error: Exception) -> None:
+        logger.error("Cannot process an event message: %s", error, exc_info=True)
+        self._dead_letter(str(message), None, "", 1, error, traceback.format_exc(), time.time())
+
+    def _completed(self, event_ids: list[str]) -> dict[str, set[str]]:
+        if self.store is None or not self.dedup_ttl or not event_ids:
+            return {}
+        try:
+            return self.store.completed(event_ids)
+        except Exception:
+            logger.exception("Cannot read which handlers already ran; running them all")
+            return {}
+
+    def _mark_completed(self, marks: dict[str, list[str]]) -> None:
+        if self.store is None or not self.dedup_ttl or not marks:
+            return
+        try:
+            self.store.mark_completed(marks, self.dedup_ttl)
+        except Exception:
+            logger.exception("Cannot record which handlers ran; a redelivery may run them again")
+
+
+class HandlerResult:
+    """What one attempt of one handler did with one event."""
+
+    __slots__ = ("attempt", "dead_lettered", "error", "event", "handler", "retry_in")
+
+    def __init__(
+        self,
+        event: BaseEvent,
+        handler: str,
+        error: BaseException | None,
+        *,
+        attempt: int = 1,
+        retry_in: float | None = None,
+        dead_lettered: bool = False,
+    ) -> None:
+        self.event = event
+        self.handler = handler
+        self.error = error
+        self.attempt = attempt
+        self.retry_in = retry_in
+        self.dead_lettered = dead_lettered
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __repr__(self) -> str:
+        state = "ok" if self.error is None else f"failed: {self.error!r}"
+        return f"<HandlerResult {self.event.name} {self.handler} attempt {self.attempt} {state}>"
+
+
+def _target(call: Callable[[], Any]) -> Any:
+    """The handler function behind a zero-argument call from ``BaseEvent._handler_calls``."""
+    return call.func if isinstance(call, functools.partial) else call

@@ -1,0 +1,1 @@
+"""The north app's package."""

@@ -1,0 +1,1 @@
+"""The south app's package."""

@@ -365,8 +365,8 @@ def unlisted_handlers(app: Flask, registry: Registry) -> list[Any]:
     only the modules it lists, they never would. Modules outside the app's package may belong to
     other apps (several can share a process), so they are not reported.
     """
-    module = sys.modules.get(app.import_name)
-    package = app.import_name if hasattr(module, "__path__") else app.import_name.rpartition(".")[0]
+    own = sys.modules.get(app.import_name)
+    package = app.import_name if hasattr(own, "__path__") else app.import_name.rpartition(".")[0]
     package = package or app.import_name
     found = []
     for func in list(MARKED_FUNCTIONS):

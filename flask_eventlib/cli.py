@@ -83,8 +83,9 @@ def events() -> None:
 @click.argument("name")
 def describe(name: str) -> None:
     """Show one event: its class, whether it is public, its data fields and its handlers."""
-    from .schemas import event_json_schema, ts_type
+    from .schemas import event_json_schema
     from .testing import handler_labels
+    from .typescript import ts_type
 
     registry = _registry()
     cls = _find(registry, name)
@@ -130,7 +131,7 @@ def schema(include_private: bool) -> None:
 @click.option("--all", "include_private", is_flag=True, help="Include the events browsers may not log.")
 def types(include_private: bool) -> None:
     """Print TypeScript declarations of the public events' data: ``flask eventlib types > events.d.ts``."""
-    from .schemas import typescript
+    from .typescript import typescript
 
     text = _or_error(lambda: typescript(_registry().events(), include_private=include_private))
     click.echo(text, nl=False)

@@ -18,15 +18,13 @@ from marshmallow import Schema, fields, validate
 from flask_eventlib import BaseEvent, ConfigurationError, EventLib, Registry
 from flask_eventlib.schemas import (
     JSON_SCHEMA_DIALECT,
-    TS_INTERFACE,
     event_json_schema,
     field_json_schema,
     json_schema,
     load,
     schema_instance,
-    ts_type,
-    typescript,
 )
+from flask_eventlib.typescript import TS_INTERFACE, ts_type, typescript
 
 TYPESCRIPT = Path(__file__).resolve().parent / "typescript"
 DECIMAL = {"type": ["number", "string"], "pattern": r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"}

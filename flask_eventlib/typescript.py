@@ -1,6 +1,6 @@
 """TypeScript declarations of the events' data, for the JS client's ``log(name, data)``.
 
-They are made from the JSON Schema (:func:`flask_eventlib.schemas.json_schema`), not from the
+They are made from the JSON Schema (:func:`flask_eventlib.jsonschema.json_schema`), not from the
 Marshmallow fields, so the two exports cannot disagree: what one leaves unconstrained the other
 types ``unknown``.
 """
@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .schemas import _is_literal, json_schema
+from .jsonschema import _is_literal, json_schema
 
 if TYPE_CHECKING:
     from .events import BaseEvent

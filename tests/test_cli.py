@@ -11,7 +11,7 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from flask_eventlib import BaseEvent, EventLib, Registry, handler
-from flask_eventlib.schemas import json_schema
+from flask_eventlib.jsonschema import json_schema
 from flask_eventlib.typescript import typescript
 
 

@@ -16,14 +16,8 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from flask_eventlib import BaseEvent, ConfigurationError, EventLib, Registry
-from flask_eventlib.schemas import (
-    JSON_SCHEMA_DIALECT,
-    event_json_schema,
-    field_json_schema,
-    json_schema,
-    load,
-    schema_instance,
-)
+from flask_eventlib.jsonschema import JSON_SCHEMA_DIALECT, event_json_schema, field_json_schema, json_schema
+from flask_eventlib.schemas import load, schema_instance
 from flask_eventlib.typescript import TS_INTERFACE, ts_type, typescript
 
 TYPESCRIPT = Path(__file__).resolve().parent / "typescript"

@@ -99,7 +99,7 @@ def _field_schema(field: mf.Field[Any], seen: tuple[type, ...]) -> dict[str, Any
 
 
 def _base_schema(field: mf.Field[Any], seen: tuple[type, ...]) -> dict[str, Any]:
-    # Subclasses before their bases: Pluck is a Nested, Email a String, Integer a Number...
+    # Subclasses before their bases: Pluck is a Nested, UUID a String, Integer a Number...
     if isinstance(field, mf.Pluck):
         return {}
     if isinstance(field, mf.Nested):
@@ -133,13 +133,10 @@ def _base_schema(field: mf.Field[Any], seen: tuple[type, ...]) -> dict[str, Any]
                 keys.pop("type")
                 result["propertyNames"] = keys
         return result
-    if isinstance(field, mf.Email):
-        return {"type": "string", "format": "email"}
-    if isinstance(field, mf.Url):
-        return {"type": "string", "format": "uri"}
     if isinstance(field, mf.UUID):
         return {"type": "string", "format": "uuid"}
     if isinstance(field, mf.String):
+        # Email and Url too: each carries its validate.Email / validate.URL, which adds the format.
         return {"type": "string"}
     if isinstance(field, mf.Integer):
         return {"type": "integer"}

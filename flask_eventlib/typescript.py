@@ -43,8 +43,7 @@ def typescript(events: Mapping[str, type[BaseEvent]], *, include_private: bool =
         f"  interface {TS_INTERFACE} {{",
     ]
     for name, schema in defs.items():
-        lines.extend(_jsdoc(schema.get("description"), "    "))
-        lines.append(f"    {json.dumps(name)}: {ts_type(schema, '    ')};")
+        lines.extend(_member(json.dumps(name), schema, "    "))
     lines += ["  }", "}", ""]
     return "\n".join(lines)
 
@@ -103,14 +102,19 @@ def _ts_object(schema: dict[str, Any], indent: str) -> str:
     required = set(schema.get("required", ()))
     lines = ["{"]
     for key, sub in properties.items():
-        lines.extend(_jsdoc(sub.get("description") if isinstance(sub, dict) else None, inner))
         name = key if _TS_IDENTIFIER.fullmatch(key) else json.dumps(key)
-        optional = "" if key in required else "?"
-        lines.append(f"{inner}{name}{optional}: {ts_type(sub, inner)};")
+        lines.extend(_member(name if key in required else f"{name}?", sub, inner))
     if extra is not False:
         lines.append(f"{inner}[key: string]: unknown;")
     lines.append(f"{indent}}}")
     return "\n".join(lines)
+
+
+def _member(name: str, schema: Any, indent: str) -> list[str]:
+    # One member of the event map or of an object type: the schema's description as JSDoc (which
+    # editors show on hover), then `name: type;`.
+    description = schema.get("description") if isinstance(schema, dict) else None
+    return [*_jsdoc(description, indent), f"{indent}{name}: {ts_type(schema, indent)};"]
 
 
 def _ts_literal(value: Any) -> str:

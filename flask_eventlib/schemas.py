@@ -12,7 +12,9 @@ import marshmallow
 
 from .exceptions import ConfigurationError, ValidationError
 
-_instances: dict[type, marshmallow.Schema] = {}
+#: The attribute, in a schema class's own ``__dict__``, that holds the instance
+#: :func:`schema_instance` built for it.
+_INSTANCE = "_flask_eventlib_instance"
 
 
 def schema_instance(schema: Any, *, owner: type | None = None) -> marshmallow.Schema:
@@ -24,11 +26,18 @@ def schema_instance(schema: Any, *, owner: type | None = None) -> marshmallow.Sc
     if isinstance(schema, marshmallow.Schema):
         return schema
     if isinstance(schema, type) and issubclass(schema, marshmallow.Schema):
-        try:
-            return _instances[schema]
-        except KeyError:
-            instance = _instances[schema] = schema()
-            return instance
+        # One instance per class, built at first use and shared: building one costs more than a
+        # load (Marshmallow copies and binds every field) and clean() needs one per event logged.
+        # It lives on the class, not in a dict here: the instance refers to its class, so a dict,
+        # even a WeakKeyDictionary, would keep the class alive for good (Marshmallow's registry
+        # keeps most classes anyway, but not Schema.from_dict() or register=False ones).
+        # vars(), not getattr(): a subclass gets its own. Two threads may each build one at first
+        # use; both work, and the last one stored is shared from then on.
+        instance = vars(schema).get(_INSTANCE)
+        if not isinstance(instance, schema):
+            instance = schema()
+            setattr(schema, _INSTANCE, instance)
+        return instance
     where = f"{owner.__module__}.{owner.__qualname__}.schema" if owner is not None else "schema"
     raise ConfigurationError(
         f"{where} = {schema!r} is not a Marshmallow schema: set it to a marshmallow.Schema "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import gc
 import json
 import shutil
 import subprocess
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +345,23 @@ def test_load_and_schema_instance_keep_working() -> None:
     instance = Loose()
     assert schema_instance(instance) is instance
     assert load(Loose, {"n": "3", "dropped": 1}) == {"n": 3}
+
+
+def test_a_schema_class_shares_one_instance_and_does_not_outlive_its_users() -> None:
+    class Stricter(Loose):
+        pass
+
+    assert schema_instance(Stricter) is schema_instance(Stricter)
+    assert type(schema_instance(Stricter)) is Stricter  # not the instance of its base, Loose
+    assert type(schema_instance(Loose)) is Loose
+    # Schema.from_dict() classes are not in Marshmallow's class registry: once the caller lets go,
+    # nothing of flask-eventlib's may keep the class (and its instance) alive.
+    generated = Schema.from_dict({"n": fields.Integer()})
+    assert schema_instance(generated) is schema_instance(generated)
+    gone = weakref.ref(generated)
+    del generated
+    gc.collect()
+    assert gone() is None
 
 
 # -- the TypeScript compiler ------------------------------------------------------------------

@@ -82,8 +82,9 @@ def events() -> None:
 @click.argument("name")
 def describe(name: str) -> None:
     """Show one event: its class, whether it is public, its data fields and its handlers."""
-    from .schemas import event_json_schema, ts_type
+    from .jsonschema import event_json_schema
     from .testing import handler_labels
+    from .typescript import ts_type
 
     registry = _registry()
     cls = _find(registry, name)
@@ -119,7 +120,7 @@ def describe(name: str) -> None:
 @click.option("--all", "include_private", is_flag=True, help="Include the events browsers may not log.")
 def schema(include_private: bool) -> None:
     """Print the JSON Schema of the public events' data (``#/$defs/<event name>``)."""
-    from .schemas import json_schema
+    from .jsonschema import json_schema
 
     document = _or_error(lambda: json_schema(_registry().events(), include_private=include_private))
     click.echo(json.dumps(document, indent=2, sort_keys=True))
@@ -129,7 +130,7 @@ def schema(include_private: bool) -> None:
 @click.option("--all", "include_private", is_flag=True, help="Include the events browsers may not log.")
 def types(include_private: bool) -> None:
     """Print TypeScript declarations of the public events' data: ``flask eventlib types > events.d.ts``."""
-    from .schemas import typescript
+    from .typescript import typescript
 
     text = _or_error(lambda: typescript(_registry().events(), include_private=include_private))
     click.echo(text, nl=False)

@@ -369,7 +369,7 @@ def event_schema() -> Response:
     """The JSON Schema of the public events' data, as ``flask eventlib schema`` prints it."""
     from flask import jsonify
 
-    from .schemas import json_schema
+    from .jsonschema import json_schema
 
     return jsonify(json_schema(get_dispatcher().registry.events()))
 

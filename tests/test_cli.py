@@ -11,7 +11,8 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from flask_eventlib import BaseEvent, EventLib, handler
-from flask_eventlib.schemas import json_schema, typescript
+from flask_eventlib.jsonschema import json_schema
+from flask_eventlib.typescript import typescript
 
 
 def run(app: Flask, *args: str) -> Result:

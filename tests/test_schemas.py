@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import gc
 import json
 import shutil
 import subprocess
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +18,9 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from flask_eventlib import BaseEvent, ConfigurationError, EventLib
-from flask_eventlib.schemas import (
-    JSON_SCHEMA_DIALECT,
-    TS_INTERFACE,
-    event_json_schema,
-    field_json_schema,
-    json_schema,
-    load,
-    schema_instance,
-    ts_type,
-    typescript,
-)
+from flask_eventlib.jsonschema import JSON_SCHEMA_DIALECT, event_json_schema, field_json_schema, json_schema
+from flask_eventlib.schemas import load, schema_instance
+from flask_eventlib.typescript import TS_INTERFACE, ts_type, typescript
 
 TYPESCRIPT = Path(__file__).resolve().parent / "typescript"
 DECIMAL = {"type": ["number", "string"], "pattern": r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"}
@@ -351,6 +345,23 @@ def test_load_and_schema_instance_keep_working() -> None:
     instance = Loose()
     assert schema_instance(instance) is instance
     assert load(Loose, {"n": "3", "dropped": 1}) == {"n": 3}
+
+
+def test_a_schema_class_shares_one_instance_and_does_not_outlive_its_users() -> None:
+    class Stricter(Loose):
+        pass
+
+    assert schema_instance(Stricter) is schema_instance(Stricter)
+    assert type(schema_instance(Stricter)) is Stricter  # not the instance of its base, Loose
+    assert type(schema_instance(Loose)) is Loose
+    # Schema.from_dict() classes are not in Marshmallow's class registry: once the caller lets go,
+    # nothing of flask-eventlib's may keep the class (and its instance) alive.
+    generated = Schema.from_dict({"n": fields.Integer()})
+    assert schema_instance(generated) is schema_instance(generated)
+    gone = weakref.ref(generated)
+    del generated
+    gc.collect()
+    assert gone() is None
 
 
 # -- the TypeScript compiler ------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """One SQLite file shared by threads and forked processes: what the spool and the SQLite store use.
 
-SQLite's rule for fork is that a connection must never cross it: the child must neither use nor
-close one opened by its parent (closing it can delete the WAL under the other process). So a
-:class:`SQLiteFile` closes its idle connection just before a fork, and each process opens its
-own on first use afterwards. A connection that could not be closed (the forking thread was inside
-a transaction) is left untouched in the child, referenced forever, since dropping the last
-reference would make CPython close it.
+SQLite's rule for fork is that a connection must never cross it. A child must neither use nor
+close one opened by its parent, and even a new connection in the child shares the inherited
+connection's lock bookkeeping (SQLite keeps it per process and per file): the child then holds
+no real lock, so a parent closing the file last deletes the WAL, and the child's writes with it.
+So a :class:`SQLiteFile` closes its connection just before a fork (waiting for a transaction in
+another thread to end), and each process opens its own on first use afterwards. One that could
+not be closed (the forking thread was inside a transaction) is left untouched in the child, and
+referenced forever, since dropping the last reference would make CPython close it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class SQLiteFile:
         """Run the block's statements as one write transaction (``BEGIN IMMEDIATE``).
 
         It commits at the end of the block and rolls back if the block raises; the block's own
-        exceptions propagate as they are. Other threads wait meanwhile; transactions do not nest.
+        exceptions propagate as they are. Other threads wait meanwhile, and so does a fork. They
+        do not nest, and a process must not fork inside one: its child could not write the file.
         """
         with self._lock:
             self.execute("BEGIN IMMEDIATE")

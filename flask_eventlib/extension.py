@@ -285,7 +285,6 @@ class EventLib:
         broker = str(celery.conf.broker_url or "")
         if broker.startswith(("redis://", "rediss://")):
             return store_from_url(broker)
-        os.makedirs(app.instance_path, exist_ok=True)
         return store_from_url("sqlite:///" + os.path.join(app.instance_path, "eventlib-store.sqlite3"))
 
     def _create_celery(self, app: Flask, queue: str) -> Any:

@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from . import signals
+from .sqlite import SQLiteFile, SQLiteFileError
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -32,12 +32,21 @@ class SpoolFull(Exception):
     """The spool holds its maximum number of events."""
 
 
-class SpoolError(Exception):
+class SpoolError(SQLiteFileError):
     """The spool's file cannot be opened, read or written (read-only disk, corrupt file, full disk)."""
+
+
+_SPOOL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL, body TEXT NOT NULL);
+"""
 
 
 class Spool:
     """A durable FIFO of event batches in a SQLite file, shared safely by the processes using it.
+
+    The file and its folder are created on first use. Every failure of the file itself is a
+    :class:`SpoolError`, so callers tell it from the broker's.
 
     :param path: the SQLite file.
     :param max_events: the most events it holds; past that :meth:`put` raises :class:`SpoolFull`.
@@ -46,35 +55,7 @@ class Spool:
     def __init__(self, path: str, max_events: int = 100_000) -> None:
         self.path = path
         self.max_events = max_events
-        self._db: sqlite3.Connection | None = None
-        self._pid = 0
-        self._lock = threading.RLock()
-
-    def _conn(self) -> sqlite3.Connection:
-        try:
-            return self._open()
-        except (OSError, sqlite3.Error) as exc:
-            self._db = None
-            raise SpoolError(f"the spool {self.path} cannot be opened: {exc}") from exc
-
-    def _open(self) -> sqlite3.Connection:
-        if self._db is None or self._pid != os.getpid():
-            folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS spool ("
-                    "id INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL, body TEXT NOT NULL)"
-                )
-            except BaseException:
-                db.close()
-                raise
-            self._db, self._pid = db, os.getpid()
-        return self._db
+        self._file = SQLiteFile(path, _SPOOL_SCHEMA, name="spool", error=SpoolError)
 
     def put(self, messages: list[str]) -> None:
         """Append a batch durably.
@@ -82,38 +63,22 @@ class Spool:
         :raises SpoolFull: when it would hold more than ``max_events`` events.
         :raises SpoolError: when the file cannot be written.
         """
-        with self._lock, self._storage("written"):
-            self._put(messages)
-
-    def _put(self, messages: list[str]) -> None:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            (held,) = db.execute("SELECT COALESCE(SUM(count), 0) FROM spool").fetchone()
+        with self._file.transaction():
+            held = self._held()
             if held + len(messages) > self.max_events:
                 raise SpoolFull(f"the spool {self.path} holds {held} events (max {self.max_events})")
-            db.execute("INSERT INTO spool (count, body) VALUES (?, ?)", (len(messages), json.dumps(messages)))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            self._file.execute("INSERT INTO spool (count, body) VALUES (?, ?)", (len(messages), json.dumps(messages)))
 
     def pending(self) -> int:
         """How many events it holds.
 
         :raises SpoolError: when the file cannot be read.
         """
-        with self._lock, self._storage("read"):
-            (held,) = self._conn().execute("SELECT COALESCE(SUM(count), 0) FROM spool").fetchone()
-        return int(held)
+        return self._held()
 
-    @contextlib.contextmanager
-    def _storage(self, what: str) -> Iterator[None]:
-        """Turn the file's failures into :class:`SpoolError`, so callers tell them from the broker's."""
-        try:
-            yield
-        except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"the spool {self.path} cannot be {what}: {exc}") from exc
+    def _held(self) -> int:
+        ((held,),) = self._file.execute("SELECT COALESCE(SUM(count), 0) FROM spool")
+        return int(held)
 
     def drain(self, send: Send, limit: int = 100) -> int:
         """Send the oldest batches, oldest first, removing each once sent; return events sent.
@@ -122,31 +87,22 @@ class Spool:
         transaction, so two processes sharing the spool never send the same batch. ``send``'s
         exceptions propagate as they are; the file's own failures as :class:`SpoolError`.
         """
-        with self._lock:
-            return self._drain(send, limit)
-
-    def _drain(self, send: Send, limit: int) -> int:
-        db = self._conn()
         sent = 0
         for _ in range(limit):
-            with self._storage("read"):
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1").fetchone()
-                if row is None:
-                    db.execute("COMMIT")
+            with self._file.transaction():
+                rows = self._file.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1")
+                if not rows:
                     break
-            try:
-                messages = json.loads(row[1])
-                send(messages)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):  # send()'s own exception is the news
-                    db.execute("ROLLBACK")
-                raise
-            with self._storage("written"):
-                db.execute("DELETE FROM spool WHERE id = ?", (row[0],))
-                db.execute("COMMIT")
+                ((row_id, body),) = rows
+                messages = json.loads(body)
+                send(messages)  # raises: the transaction rolls back and the batch stays
+                self._file.execute("DELETE FROM spool WHERE id = ?", (row_id,))
             sent += len(messages)
         return sent
+
+    def close(self) -> None:
+        """Close this process's connection to the file; the next call opens another."""
+        self._file.close()
 
 
 class Sender:

@@ -7,7 +7,6 @@ Redis broker), SQLite (one machine, the default otherwise) and memory (one proce
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
+from .sqlite import SQLiteFile
 
 
 @dataclass
@@ -145,37 +145,31 @@ class RedisStore(Store):
         self.client.close()
 
 
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS done (
+    event_id TEXT NOT NULL, handler TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (event_id, handler));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY, last_failed_at REAL NOT NULL, body TEXT NOT NULL);
+"""
+
+
 class SQLiteStore(Store):
-    """One machine: a SQLite file shared by the processes on it."""
+    """One machine: a SQLite file shared by the processes on it, created on first use.
+
+    :raises SQLiteFileError: from every method, when the file cannot be opened, read or written.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
-        with self._db() as db:
-            db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS done (
-                    event_id TEXT NOT NULL, handler TEXT NOT NULL, expires_at REAL NOT NULL,
-                    PRIMARY KEY (event_id, handler));
-                CREATE TABLE IF NOT EXISTS dead_letters (
-                    id TEXT PRIMARY KEY, last_failed_at REAL NOT NULL, body TEXT NOT NULL);
-                """
-            )
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
-        return db
+        self._file = SQLiteFile(path, _SQLITE_SCHEMA, name="store")
 
     def completed(self, event_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = list(event_ids)
         found: dict[str, set[str]] = {eid: set() for eid in ids}
         if ids:
             marks = ",".join("?" * len(ids))
-            rows = self._db().execute(
+            rows = self._file.execute(
                 f"SELECT event_id, handler FROM done WHERE expires_at > ? AND event_id IN ({marks})",
                 [time.time(), *ids],
             )
@@ -187,30 +181,29 @@ class SQLiteStore(Store):
         now = time.time()
         rows = [(eid, h, now + ttl) for eid, handlers in marks.items() for h in handlers]
         if rows:
-            with self._db() as db:
-                db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?)", rows)
-                db.execute("DELETE FROM done WHERE expires_at < ?", (now,))
+            with self._file.transaction():
+                self._file.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?)", rows)
+                self._file.execute("DELETE FROM done WHERE expires_at < ?", (now,))
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?)",
-                (letter.id, letter.last_failed_at, letter.to_json()),
-            )
+        self._file.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?)",
+            (letter.id, letter.last_failed_at, letter.to_json()),
+        )
 
     def dead_letters(self) -> list[DeadLetter]:
-        rows = self._db().execute("SELECT body FROM dead_letters ORDER BY last_failed_at, id")
+        rows = self._file.execute("SELECT body FROM dead_letters ORDER BY last_failed_at, id")
         return [DeadLetter.from_json(body) for (body,) in rows]
 
     def remove_dead_letters(self, ids: Iterable[str]) -> int:
-        with self._db() as db:
-            return sum(db.execute("DELETE FROM dead_letters WHERE id = ?", (i,)).rowcount for i in ids)
+        rows = [(i,) for i in ids]
+        if not rows:
+            return 0
+        with self._file.transaction():
+            return self._file.executemany("DELETE FROM dead_letters WHERE id = ?", rows)
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._file.close()
 
 
 def store_from_url(url: str) -> Store:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's two set-up commands:
 #   ./dev.sh example   runs the example app and a Celery worker (embedded broker, no server needed)
-#   ./dev.sh test      runs every check: ruff, mypy and the whole test suite on real brokers
+#   ./dev.sh test      runs every check: ruff, mypy, import-linter and the whole test suite on real brokers
 # Both create .venv (Python 3.11+) and install the project into it. `./dev.sh test` uses the Redis
 # and RabbitMQ on 127.0.0.1 when they answer, and otherwise starts (installing with apt-get when
 # run as root) what is missing, saying so. EVENTLIB_TEST_REDIS_URL / EVENTLIB_TEST_AMQP_URL point
@@ -134,6 +134,8 @@ run_tests() {
   "$VENV/bin/ruff" format --check .
   say "mypy"
   "$VENV/bin/mypy"
+  say "import-linter (the layer contracts in pyproject.toml)"
+  "$VENV/bin/lint-imports"
   say "pytest"
   "$PY" -m pytest "$@"
 }

@@ -14,10 +14,11 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
-from .extension import EventLib, EventLibState, flush, log
+from .extension import EventLib, flush, log
 from .handlers import handler
 from .registry import Registry
 from .serialization import Codec, register_type
+from .state import EventLibState
 
 try:
     __version__ = version("flask-eventlib")

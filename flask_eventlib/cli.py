@@ -22,10 +22,11 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from . import checks
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
-from .extension import EventLibState, state_of
 from .registry import Registry
+from .state import EventLibState, state_of
 
 T = TypeVar("T")
 
@@ -40,6 +41,11 @@ def _registry() -> Registry:
     return _state().registry
 
 
+def _problems() -> list[str]:
+    state = _state()
+    return checks.problems(state.registry, package=state.package)
+
+
 @eventlib_cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def worker(ctx: click.Context) -> None:
@@ -51,11 +57,10 @@ def worker(ctx: click.Context) -> None:
 @eventlib_cli.command("events")
 def events() -> None:
     """List every event: whether browsers may log it, its schema, its handlers in run order."""
-    from .testing import check_events, handler_labels  # not at import: it may import pytest
 
     registry = _registry()
     rows: list[tuple[str, str, str, list[str]]] = [
-        (name, "yes" if cls.public else "no", _schema_name(cls), handler_labels(registry, name))
+        (name, "yes" if cls.public else "no", _schema_name(cls), registry.handler_labels(name))
         for name, cls in registry.events().items()
     ]
     if not rows:
@@ -72,7 +77,7 @@ def events() -> None:
         click.echo(line((name, public, schema), handlers[0] if handlers else "(none)").rstrip())
         for handler in handlers[1:]:
             click.echo(line(("", "", ""), handler))
-    problems = check_events(current_app._get_current_object())  # type: ignore[attr-defined]
+    problems = _problems()
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         click.echo(f"\n{len(problems)} {noun}: `flask eventlib check` explains.")
@@ -83,7 +88,6 @@ def events() -> None:
 def describe(name: str) -> None:
     """Show one event: its class, whether it is public, its data fields and its handlers."""
     from .jsonschema import event_json_schema
-    from .testing import handler_labels
     from .typescript import ts_type
 
     registry = _registry()
@@ -110,7 +114,7 @@ def describe(name: str) -> None:
         for key, kind in kinds.items():
             flag = "(required)" if key in required else ""
             click.echo(f"  {key.ljust(width)}  {kind.ljust(kind_width)}  {flag}".rstrip())
-    handlers = handler_labels(registry, name)
+    handlers = registry.handler_labels(name)
     click.echo("handlers, in run order:" if handlers else "handlers: none (`flask eventlib check` reports it)")
     for number, label in enumerate(handlers, 1):
         click.echo(f"  {number}. {label}")
@@ -139,10 +143,9 @@ def types(include_private: bool) -> None:
 @eventlib_cli.command("check")
 def check() -> None:
     """Check the events: each has a handler, public ones have a schema, handler targets exist."""
-    from .testing import check_events
 
     registry = _registry()
-    problems = check_events(current_app._get_current_object())  # type: ignore[attr-defined]
+    problems = _problems()
     if not problems:
         count = len(registry.events())
         events = "1 event" if count == 1 else f"{count} events"

@@ -17,7 +17,6 @@ import os
 import sys
 import warnings
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, has_request_context, request
@@ -25,80 +24,18 @@ from flask import Flask, Response, current_app, has_request_context, request
 from . import config
 from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
-from .handlers import MARKED_FUNCTIONS
 from .publishers import Background, Eager, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
 from .runner import Runner
 from .serialization import Codec, default_codec
+from .state import EXTENSION_KEY, EventLibState, state_of
 from .store import MemoryStore, Store, store_from_url
 from .tasks import bind_task, create_celery, filesystem_broker_settings, make_schedule_retry, make_send, unbind
 
 logger = logging.getLogger("flask_eventlib")
 
-#: The key of an app's :class:`EventLibState` in ``app.extensions``.
-EXTENSION_KEY = "eventlib"
 _VIEWS_MODULE = f"{__package__}.views"
-
-
-@dataclass(frozen=True)
-class EventLibState:
-    """What :class:`EventLib` set up for one Flask app: ``app.extensions["eventlib"]``.
-
-    Public: the command line, the test helpers, the browser endpoint and an app's own code use
-    these attributes. ``current_app.extensions["eventlib"].log(...)`` is what :func:`log` does.
-    """
-
-    #: The Flask app's name.
-    app_name: str
-    #: The extension object that set it up.
-    extension: EventLib
-    #: This app's events and function handlers.
-    registry: Registry
-    #: How events are encoded.
-    codec: Codec
-    #: The caller's side: find, build, clean, encode, publish.
-    dispatcher: Dispatcher
-    #: The workers' side: run handlers, retries, dead letters, dedup.
-    runner: Runner
-    #: Where encoded events go: the configured strategy, which tests may override.
-    publisher: Router
-    #: The background thread that publishes to the broker, with the spool behind it.
-    sender: Sender
-    #: The Celery app that carries the events.
-    celery: Any
-    #: The Celery task that processes a message of events.
-    task: Any
-    #: The Celery task that runs one handler again.
-    retry_task: Any
-    #: The Celery queue of the events.
-    queue: str
-    #: Dedup marks and dead letters (``None``: neither).
-    store: Store | None
-    #: Whether handlers run in the caller (``EVENTLIB_ALWAYS_EAGER``).
-    eager: bool
-
-    def log(
-        self,
-        name: str,
-        data: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        context: dict[str, Any] | None = None,
-        public_only: bool = False,
-    ) -> str:
-        """Log an event of this app; see :func:`flask_eventlib.log`.
-
-        :param id: the event id, when the caller made it (the JS client does).
-        :param context: server-side facts about the event, not its data.
-        :param public_only: refuse events whose class is not ``public`` (raises
-            :class:`~flask_eventlib.exceptions.EventNotPublic`).
-        """
-        return self.dispatcher.log(name, data, id=id, context=context, public_only=public_only)
-
-    def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until this app's events logged so far are published or spooled; see :func:`flush`."""
-        return self.sender.flush(timeout)
 
 
 class EventLib:
@@ -221,6 +158,7 @@ class EventLib:
         task, retry_task = bind_task(celery, queue, run, retry, owner=app, owner_name=app.name)
         state = EventLibState(
             app_name=app.name,
+            package=_app_package(app),
             extension=self,
             registry=registry,
             codec=self.codec,
@@ -293,9 +231,8 @@ class EventLib:
         settings.update(conf[config.CELERY_CONFIG])
         broker_url = conf[config.BROKER_URL]
         if not broker_url:
+            # Its folders are made on first use (a publish, a worker's start), not here.
             folder = conf[config.FILESYSTEM_BROKER_DIR] or os.path.join(app.instance_path, "eventlib-broker")
-            for sub in ("queue", "control"):
-                os.makedirs(os.path.join(folder, sub), exist_ok=True)
             broker_url = "filesystem://"
             settings = {**filesystem_broker_settings(folder), **settings}
         return create_celery(app.import_name, broker_url=broker_url, queue=queue, settings=settings)
@@ -357,26 +294,15 @@ def _package_of(import_name: str) -> str:
     return import_name.rpartition(".")[0]
 
 
-def unlisted_handlers(app: Flask, registry: Registry) -> list[Any]:
-    """Functions marked ``@handler("...")`` in the app's own package that no setting lists.
-
-    Such a module was imported, so its author meant its handlers to run; since each app scans
-    only the modules it lists, they never would. Modules outside the app's package may belong to
-    other apps (several can share a process), so they are not reported.
-    """
+def _app_package(app: Flask) -> str:
+    """The package the app's code lives in: where its handler modules are expected."""
     own = sys.modules.get(app.import_name)
     package = app.import_name if hasattr(own, "__path__") else app.import_name.rpartition(".")[0]
-    package = package or app.import_name
-    found = []
-    for func in list(MARKED_FUNCTIONS):
-        module = getattr(func, "__module__", "") or ""
-        if module not in registry.scanned_modules and (module == package or module.startswith(package + ".")):
-            found.append(func)
-    return sorted(found, key=lambda func: f"{func.__module__}.{func.__qualname__}")
+    return package or app.import_name
 
 
 def _warn_unlisted(app: Flask, registry: Registry) -> None:
-    for func in unlisted_handlers(app, registry):
+    for func in registry.unlisted_handlers(_app_package(app)):
         logger.warning(
             "%s.%s is marked @handler, but its module is not in %s, so it does not run for the app %r: add %r to %s.",
             func.__module__,
@@ -386,28 +312,6 @@ def _warn_unlisted(app: Flask, registry: Registry) -> None:
             func.__module__,
             config.HANDLER_MODULES,
         )
-
-
-def state_of(app: Flask | None = None) -> EventLibState:
-    """The :class:`EventLibState` of ``app`` (default: the current app).
-
-    :raises ConfigurationError: outside an app context, or when EventLib is not initialised on it.
-    """
-    if app is None:
-        try:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-        except RuntimeError:
-            raise ConfigurationError(
-                "log() needs a Flask application context: call it in a request, a CLI command, or "
-                "inside `with app.app_context():`."
-            ) from None
-    try:
-        return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
-    except KeyError:
-        raise ConfigurationError(
-            f"EventLib is not initialised on the Flask app {app.name!r}: call EventLib(app) or "
-            "eventlib.init_app(app) in your app factory."
-        ) from None
 
 
 def log(name: str, data: dict[str, Any] | None = None) -> str:

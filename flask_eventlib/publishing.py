@@ -70,10 +70,12 @@ class Spool:
             self._file.execute("INSERT INTO spool (count, body) VALUES (?, ?)", (len(messages), json.dumps(messages)))
 
     def pending(self) -> int:
-        """How many events it holds.
+        """How many events it holds (0, without making it, when the file does not exist yet).
 
         :raises SpoolError: when the file cannot be read.
         """
+        if not os.path.exists(self.path):
+            return 0  # looking must not create it: the spool is made when first needed
         return self._held()
 
     def _held(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
-from .handlers import check_target, targets_of
+from .handlers import MARKED_FUNCTIONS, check_target, targets_of
 
 _LABEL = re.compile(r"[A-Za-z_][\w-]*")
 
@@ -185,6 +185,24 @@ class Registry:
     def targets(self) -> dict[str, list[Callable[..., Any]]]:
         """Every function-handler target with its functions (including unmatched targets)."""
         return {target: list(funcs) for target, funcs in self._functions.items()}
+
+    def handler_labels(self, name: str) -> list[str]:
+        """The handlers of the event ``name`` in the order they run, named as the logs name them."""
+        return [label for label, _ in self.find(name)(registry=self, name=name)._handler_calls()]
+
+    def unlisted_handlers(self, package: str) -> list[Callable[..., Any]]:
+        """Functions marked ``@handler("...")`` in ``package`` (and below) that no scan found.
+
+        Such a module was imported, so its author meant its handlers to run; since an app scans
+        only the modules it lists, they never would. Modules outside the app's own package may
+        belong to other apps (several can share a process), so only ``package`` is searched.
+        """
+        found = []
+        for func in list(MARKED_FUNCTIONS):
+            module = getattr(func, "__module__", "") or ""
+            if module not in self.scanned_modules and (module == package or module.startswith(package + ".")):
+                found.append(func)
+        return sorted(found, key=lambda func: f"{func.__module__}.{func.__qualname__}")
 
     def include(self, other: Registry) -> None:
         """Add ``other``'s events and function handlers to this registry (same names, same order)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Queue  # type: ignore[attr-defined]
 
 from .exceptions import ConfigurationError
@@ -44,6 +45,25 @@ def create_celery(name: str, *, broker_url: str, queue: str, settings: dict[str,
     )
     celery.conf.update(settings)
     return celery
+
+
+def ensure_broker_folders(celery: Celery) -> None:
+    """Make the embedded filesystem broker's folders, on first use rather than at ``init_app``."""
+    if not str(celery.conf.broker_url or "").startswith("filesystem"):
+        return
+    options = celery.conf.broker_transport_options or {}
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        folder = options.get(key)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+
+
+@worker_init.connect
+def _worker_starts(sender: Any = None, **kwargs: Any) -> None:
+    """A worker reads its broker's folders first thing: they must exist before it polls them."""
+    celery = getattr(sender, "app", None)
+    if celery is not None and celery in _bindings:
+        ensure_broker_folders(celery)
 
 
 def filesystem_broker_settings(folder: str) -> dict[str, Any]:
@@ -174,6 +194,7 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
             kept.clear()
         try:
             if "producer" not in kept:
+                ensure_broker_folders(celery)
                 conn = celery.connection_for_write(**options)
                 conn.ensure_connection(max_retries=0)  # fail at once: the sender spools instead
                 kept.update(pid=os.getpid(), conn=conn, producer=conn.Producer(serializer="json"))

@@ -13,19 +13,17 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, overload
 
-from flask import Flask, current_app
+from flask import Flask
 
+from . import checks
 from .events import BaseEvent
-from .exceptions import ConfigurationError
-from .extension import EXTENSION_KEY, EventLibState, unlisted_handlers
-from .handlers import MARKED
 from .publishers import Capture
-from .registry import MethodHandlerView, Registry
+from .registry import Registry
+from .state import state_of
 
 _MISSING = object()
 
@@ -128,7 +126,7 @@ def capture_events(app: Flask | None = None, *, run_handlers: bool = False) -> I
     :param run_handlers: also run each event's handlers at once, in the caller, as eager mode
         does; the first handler error is raised after every handler ran.
     """
-    state = _state_of(app, "capture_events(): ")
+    state = state_of(app, caller="capture_events()")
     runner = state.runner.inline()  # a failing handler is retried at once in the caller, never sent
     captured = CapturedEvents()
 
@@ -148,9 +146,7 @@ def capture_events(app: Flask | None = None, *, run_handlers: bool = False) -> I
 
 def handler_labels(registry: Registry, name: str) -> list[str]:
     """The handlers of the event ``name`` in the order they run, named as the logs name them."""
-    cls = registry.find(name)
-    event = cls(registry=registry, name=name)
-    return [label for label, _ in event._handler_calls()]
+    return registry.handler_labels(name)
 
 
 def check_events(app: Flask | Registry | None = None) -> list[str]:
@@ -159,91 +155,22 @@ def check_events(app: Flask | Registry | None = None) -> list[str]:
     Reported: an event without any handler; a public event without a schema (browsers could
     send it anything); a ``schema`` that is not a Marshmallow schema; a function handler whose
     target matches no event (a misspelled name never runs); a ``@handler`` method in a class
-    that is not a :class:`~flask_eventlib.BaseEvent` subclass (it never runs either).
+    that is not a :class:`~flask_eventlib.BaseEvent` subclass (it never runs either); for an app,
+    a module of its package with ``@handler`` functions that no setting lists.
 
     In a test: ``assert check_events(app) == []``. On the command line: ``flask eventlib check``.
 
     :param app: the app (default: the current one) or a :class:`~flask_eventlib.Registry`.
     """
-    registry = _registry_of(app)
-    events = registry.events()
-    problems: list[str] = []
-    flask_app = app if isinstance(app, Flask) else (None if isinstance(app, Registry) else current_app)
-    if flask_app is not None:
-        for func in unlisted_handlers(flask_app, registry):
-            problems.append(
-                f"{_label(func)} is marked @handler, but its module is not in EVENTLIB_HANDLER_MODULES, "
-                f"so it never runs: add {func.__module__!r} to EVENTLIB_HANDLER_MODULES."
-            )
-    for name, cls in events.items():
-        where = f"{cls.__module__}.{cls.__qualname__}"
-        if not handler_labels(registry, name):
-            problems.append(
-                f"{name} has no handler, so logging it does nothing: add a @handler method to {where} "
-                f"or a @handler({name!r}) function in a module listed in EVENTLIB_HANDLER_MODULES."
-            )
-        if cls.schema is not None:
-            from .schemas import schema_instance
-
-            try:
-                schema_instance(cls.schema, owner=cls)
-            except ConfigurationError as exc:
-                problems.append(f"{name}: {exc}")
-        elif cls.public:
-            problems.append(
-                f"{name} is public but has no schema, so browsers can send it any data: set "
-                f"`schema = SomeSchema` (a Marshmallow schema) on {where}, or make it private."
-            )
-    for target, funcs in registry.targets().items():
-        if _matches_any(target, events):
-            continue
-        labels = ", ".join(_label(func) for func in funcs)
-        guess = difflib.get_close_matches(target, [*events, *{f"{n.split('.')[0]}.*" for n in events}], n=1)
-        hint = f"did you mean {guess[0]!r}?" if guess else "`flask eventlib events` lists the events."
-        problems.append(f"@handler({target!r}) on {labels} matches no registered event, so it never runs; {hint}")
-    claimed = {func for cls in MethodHandlerView() for func in MethodHandlerView()[cls]}
-    for func in sorted(set(MARKED) - claimed, key=_label):
-        owner = func.__qualname__.rsplit(".", 1)[0]
-        problems.append(
-            f"{_label(func)} is marked @handler, but {owner} is not a BaseEvent subclass, so it "
-            f"never runs: define it as `class {owner.rsplit('.', 1)[-1]}(BaseEvent)`, or register a "
-            "function with @handler('app.EventName')."
-        )
-    return problems
-
-
-def _registry_of(target: Flask | Registry | None) -> Registry:
-    if isinstance(target, Registry):
-        return target
-    return _state_of(target).registry
-
-
-def _state_of(app: Flask | None, where: str = "") -> EventLibState:
-    if app is None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-    state = app.extensions.get(EXTENSION_KEY)
-    if state is None:
-        raise ConfigurationError(
-            f"{where}EventLib is not initialised on the Flask app {app.name!r}: call "
-            "EventLib(app) or eventlib.init_app(app) first."
-        )
-    return state  # type: ignore[no-any-return]
+    if isinstance(app, Registry):
+        return checks.problems(app)
+    state = state_of(app, caller="check_events()")
+    return checks.problems(state.registry, package=state.package)
 
 
 def _describe(name: str, data: dict[str, Any]) -> str:
     items = ", ".join(f"{key}={value!r}" for key, value in data.items())
     return f"{name} event with {items}" if items else f"{name} event"
-
-
-def _matches_any(target: str, events: dict[str, type[BaseEvent]]) -> bool:
-    if target == "*" or target in events:
-        return True
-    label, _, rest = target.partition(".")
-    return rest == "*" and any(name.partition(".")[0] == label for name in events)
-
-
-def _label(func: Callable[..., Any]) -> str:
-    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
 
 
 try:

@@ -319,10 +319,28 @@ def test_a_celery_app_that_refuses_json_is_refused() -> None:
 
 
 def test_no_broker_means_the_embedded_filesystem_broker(tmp_path: Any) -> None:
-    app = Flask("fs", instance_path=str(tmp_path))
+    instance = tmp_path / "instance"
+    app = Flask("fs", instance_path=str(instance))
     ext = EventLib(app)
     assert ext.celery.conf.broker_url == "filesystem://"
-    assert (tmp_path / "eventlib-broker" / "queue").is_dir()
+    assert not instance.exists()  # init_app writes nothing: files are made on first use
+    app.extensions["eventlib"].registry.register_event("fs", Plain)
+    with app.app_context():
+        log("fs.Plain")
+        assert flush()
+    assert len(list((instance / "eventlib-broker" / "queue").iterdir())) == 1  # the message
+    assert not (instance / "eventlib-spool.sqlite3").exists()  # the spool: only while the broker is down
+
+
+def test_init_app_writes_no_file_even_with_the_sqlite_store(tmp_path: Any) -> None:
+    instance = tmp_path / "instance"
+    app = Flask("quiet", instance_path=str(instance))
+    EventLib(app, broker_url="memory://")
+    assert not instance.exists()
+
+
+class Plain(BaseEvent):
+    pass
 
 
 def test_one_extension_gives_each_app_its_own_celery_app() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 
 import flask_eventlib.core
-from flask_eventlib import BaseEvent, ConfigurationError, EventLib, EventNotFound, Registry, handler
+from flask_eventlib import BaseEvent, ConfigurationError, EventLib, EventNotFound, Registry, handler, log
+from flask_eventlib.testing import check_events
 from tests.sample.deals.events import DealClick, SpecialClick
 
 
@@ -213,3 +216,52 @@ def test_nested_blueprint_uses_its_own_name(tmp_package: Path) -> None:
     app.register_blueprint(outer_bp)
     EventLib(app, broker_url="memory://")
     assert list(app.extensions["eventlib"].registry.events()) == ["inner.Deep"]
+
+
+def test_a_handler_module_of_the_app_that_no_setting_lists_is_warned_about_and_reported(
+    tmp_package: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_package / "shopx" / "__init__.py", "")
+    write(
+        tmp_package / "shopx" / "receipts.py",
+        """
+        from flask_eventlib import handler
+
+        sent = []
+
+
+        @handler("ops.Ping")
+        def send_receipt(event):
+            sent.append(event.id)
+        """,
+    )
+    write(
+        tmp_package / "shopx" / "events.py", "from flask_eventlib import BaseEvent\nclass Ping(BaseEvent):\n    pass\n"
+    )
+    import shopx.receipts  # type: ignore[import-not-found]  # imported by the app, but not listed
+
+    def make(**config: Any) -> Flask:
+        app = Flask("shopx")
+        EventLib(app, always_eager=True, broker_url="memory://", event_modules={"ops": "shopx.events"}, **config)
+        return app
+
+    with caplog.at_level(logging.WARNING, logger="flask_eventlib"):
+        forgotten = make()
+    assert "shopx.receipts.send_receipt is marked @handler, but its module is not in EVENTLIB_HANDLER_MODULES" in (
+        caplog.text
+    )
+    assert check_events(forgotten)[0] == (
+        "shopx.receipts.send_receipt is marked @handler, but its module is not in EVENTLIB_HANDLER_MODULES, so "
+        "it never runs: add 'shopx.receipts' to EVENTLIB_HANDLER_MODULES."
+    )
+    with forgotten.app_context():
+        log("ops.Ping")
+    assert shopx.receipts.sent == []  # not listed: it does not run for this app
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flask_eventlib"):
+        listed = make(handler_modules=["shopx.receipts"])
+    assert "is marked @handler" not in caplog.text and check_events(listed) == []
+    with listed.app_context():
+        event_id = log("ops.Ping")
+    assert shopx.receipts.sent == [event_id]

@@ -296,7 +296,11 @@ def test_a_file_that_cannot_be_opened_raises_one_clear_error_naming_it(
 ) -> None:
     path = broken(tmp_path)
     user = through(path)
-    for use in (lambda: user.write(1), user.count):
+    uses = [lambda: user.write(1), user.count]
+    if through is ThroughSpool and not os.path.exists(path):
+        assert user.count() == 0  # Spool.pending() of a file not made yet is 0, and makes nothing
+        uses.pop()
+    for use in uses:
         with pytest.raises(through.error, match=re.escape(path)) as caught:
             use()
         assert isinstance(caught.value, SQLiteFileError) and isinstance(caught.value, EventlibError)

@@ -58,12 +58,14 @@ def ensure_broker_folders(celery: Celery) -> None:
             os.makedirs(folder, exist_ok=True)
 
 
-@worker_init.connect
 def _worker_starts(sender: Any = None, **kwargs: Any) -> None:
     """A worker reads its broker's folders first thing: they must exist before it polls them."""
     celery = getattr(sender, "app", None)
     if celery is not None and celery in _bindings:
         ensure_broker_folders(celery)
+
+
+worker_init.connect(_worker_starts, weak=False)
 
 
 def filesystem_broker_settings(folder: str) -> dict[str, Any]:

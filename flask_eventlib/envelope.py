@@ -57,7 +57,7 @@ def encode(envelope: Envelope, codec: Codec) -> str:
         # orjson writes an aware datetime as ISO 8601 itself, faster than isoformat().
         "logged_at": envelope.logged_at,
     }
-    return codec.serialize(document)
+    return codec.serialize(document, root=f"the {name} envelope")
 
 
 def decode(message: str | bytes, codec: Codec) -> Envelope:

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import decimal
 import math
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -104,7 +105,15 @@ class Codec:
         if kind is int:
             if _INT_MIN <= value <= _INT_MAX:
                 return value
-            return {_TAG: "int", _VALUE: str(value)}
+            try:
+                return {_TAG: "int", _VALUE: str(value)}
+            except ValueError:  # Python's limit on int-to-decimal conversion (sys.get_int_max_str_digits)
+                raise _Unsupported(
+                    value,
+                    [],
+                    f"the int has more than {sys.get_int_max_str_digits()} digits, more than Python "
+                    "converts to text; send it as a string or a Decimal",
+                ) from None
         if kind is float:
             if math.isfinite(value):
                 return value
@@ -150,9 +159,21 @@ class Codec:
         return self.serialize(self.encode(value))
 
     @staticmethod
-    def serialize(encoded: Any) -> str:
-        """A JSON string of a structure :meth:`encode` made (it is not encoded again)."""
-        return orjson.dumps(encoded).decode()
+    def serialize(encoded: Any, *, root: str = "the value") -> str:
+        """A JSON string of a structure :meth:`encode` made (it is not encoded again).
+
+        :raises SerializationError: naming the string that is not valid UTF-8 (a lone surrogate).
+        """
+        try:
+            return orjson.dumps(encoded).decode()
+        except orjson.JSONEncodeError as exc:
+            path = _invalid_text(encoded)
+            if path is None:
+                raise SerializationError(f"Cannot serialize {root}: {exc}") from None
+            raise SerializationError(
+                f"Cannot serialize {root}{''.join(path)}: the string holds a lone surrogate, which is "
+                "not valid UTF-8 (decode your bytes with errors='replace', or drop the character)"
+            ) from None
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -189,6 +210,24 @@ class Codec:
         except orjson.JSONDecodeError as exc:
             raise SerializationError(f"An event payload is not valid JSON: {exc}") from exc
         return self.decode(parsed)
+
+
+def _invalid_text(value: Any) -> list[str] | None:
+    """Where in an encoded structure a string (or key) cannot be UTF-8, as ``["['key']", "[0]"]``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return []
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _invalid_text(key) is not None:
+            return [f"[{key!r}]"]
+        found = _invalid_text(item)
+        if found is not None:
+            return [f"[{key!r}]", *found]
+    return None
 
 
 # -- built-in types ---------------------------------------------------------------------------

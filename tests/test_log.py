@@ -24,6 +24,7 @@ from flask_eventlib import (
     ValidationError,
     flush,
     log,
+    signals,
 )
 from flask_eventlib.serialization import register_builtins
 from flask_eventlib.tasks import TASK_NAME
@@ -394,3 +395,29 @@ def test_event_ids_are_unique_version_4_uuids_across_threads_and_forks(tmp_path:
     os.waitpid(pid, 0)
     parent = {new_event_id() for _ in range(300)}
     assert not parent & set(out.read_text().split(","))
+
+
+EDGES = {
+    "an int of 5,000 digits": ({"n": 10**5000}, r"deals.Typed data\['n'\]: the int has more than 4300 digits"),
+    "a lone surrogate in a value": (
+        {"s": ["ok", "bad\ud800"]},
+        r"the deals.Typed envelope\['data'\]\['s'\]\[1\]: the string holds a lone surrogate",
+    ),
+    "a lone surrogate in a key": ({"k\udc00": 1}, r"envelope\['data'\]\['k\\udc00'\]: the string holds a lone surrogate"),
+}
+
+
+@pytest.mark.parametrize(("data", "message"), EDGES.values(), ids=EDGES.keys())
+def test_the_codecs_edges_keep_the_error_contract(
+    eager_app: Flask, records: Records, data: dict[str, Any], message: str
+) -> None:
+    rejected: list[BaseException] = []
+
+    def on_rejected(sender: Flask, name: str, error: BaseException) -> None:
+        rejected.append(error)
+
+    with signals.event_rejected.connected_to(on_rejected, sender=eager_app), eager_app.app_context():
+        with pytest.raises(SerializationError, match=message) as info:
+            log("deals.Typed", data)
+    assert isinstance(info.value, TypeError) and rejected == [info.value]
+    assert records.all() == []  # nothing was sent

@@ -403,7 +403,10 @@ EDGES = {
         {"s": ["ok", "bad\ud800"]},
         r"the deals.Typed envelope\['data'\]\['s'\]\[1\]: the string holds a lone surrogate",
     ),
-    "a lone surrogate in a key": ({"k\udc00": 1}, r"envelope\['data'\]\['k\\udc00'\]: the string holds a lone surrogate"),
+    "a lone surrogate in a key": (
+        {"k\udc00": 1},
+        r"envelope\['data'\]\['k\\udc00'\]: the string holds a lone surrogate",
+    ),
 }
 
 

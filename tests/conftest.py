@@ -6,7 +6,9 @@ exports their URLs; running pytest by hand uses the same defaults as this machin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -126,7 +128,8 @@ class Worker:
     queue: str
     records: Records
     log_path: Path
-    process: subprocess.Popen[bytes]
+    #: The worker process (``None`` in eager mode, where handlers run in this process).
+    process: subprocess.Popen[bytes] | None
     app: Flask
     store_url: str
 
@@ -180,11 +183,10 @@ def wait_worker_ready(worker_process: subprocess.Popen[bytes], log_path: Path, t
     wait_for(ready, timeout=timeout, what=f"the worker to be ready (log: {log_path})")
 
 
-@pytest.fixture(scope="session", params=sorted(BROKERS))
-def worker(
-    request: pytest.FixtureRequest, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Worker]:
-    broker = request.param
+def _start_sample_worker(
+    broker: str, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory, stack: contextlib.ExitStack
+) -> Worker:
+    """A real worker process for the sample app on ``broker``, stopped when ``stack`` closes."""
     broker_url = BROKERS[broker]
     queue = f"eventlib-test-{broker}-{uuid.uuid4().hex[:8]}"
     record_key = f"eventlib-test:records:{queue}"
@@ -201,13 +203,68 @@ def worker(
             f"No {broker} broker at {broker_url} ({exc}). Run the tests with ./dev.sh test, which "
             "starts or installs the brokers, or set EVENTLIB_TEST_REDIS_URL / EVENTLIB_TEST_AMQP_URL."
         )
+    stack.callback(clean_up_run, redis_client, record_key, app, queue)
     process = start_worker(broker_url, queue, record_key, log_path, env={"SAMPLE_STORE_URL": store_url})
-    try:
-        wait_worker_ready(process, log_path)
-        yield Worker(broker, broker_url, queue, Records(redis_client, record_key), log_path, process, app, store_url)
-    finally:
-        stop_process(process)
-        clean_up_run(redis_client, record_key, app, queue)
+    stack.callback(stop_process, process)
+    wait_worker_ready(process, log_path)
+    return Worker(broker, broker_url, queue, Records(redis_client, record_key), log_path, process, app, store_url)
+
+
+def _eager_sample(
+    redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory, stack: contextlib.ExitStack
+) -> Worker:
+    """The sample app in eager mode, shaped like a worker: its log is the flask_eventlib logger's."""
+    record_key = f"eventlib-test:records:eager-{uuid.uuid4().hex[:8]}"
+    store_url = f"{REDIS_URL}?prefix={record_key}:store:"
+    log_path = tmp_path_factory.mktemp("worker") / "eager.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("flask_eventlib")
+    logger.addHandler(handler)
+    stack.callback(logger.removeHandler, handler)
+    stack.callback(handler.close)
+    app = create_app(
+        EVENTLIB_ALWAYS_EAGER=True,
+        EVENTLIB_BROKER_URL="memory://",
+        SAMPLE_RECORD_KEY=record_key,
+        EVENTLIB_STORE_URL=store_url,
+    )
+    stack.callback(clean_up_run, redis_client, record_key, app, "")
+    return Worker("eager", "memory://", "", Records(redis_client, record_key), log_path, None, app, store_url)
+
+
+@pytest.fixture(scope="session")
+def sample_workers(
+    redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], Worker]]:
+    """Start (once per session and broker) and return the sample app's worker for a broker."""
+    started: dict[str, Worker] = {}
+    with contextlib.ExitStack() as stack:
+
+        def get(broker: str) -> Worker:
+            if broker not in started:
+                if broker == "eager":
+                    started[broker] = _eager_sample(redis_client, tmp_path_factory, stack)
+                else:
+                    started[broker] = _start_sample_worker(broker, redis_client, tmp_path_factory, stack)
+            return started[broker]
+
+        yield get
+
+
+@pytest.fixture(scope="session", params=sorted(BROKERS))
+def worker(request: pytest.FixtureRequest, sample_workers: Callable[[str], Worker]) -> Worker:
+    """A real worker process on each broker (Redis and RabbitMQ), for what only a process shows."""
+    return sample_workers(request.param)
+
+
+@pytest.fixture(scope="session", params=["eager", *sorted(BROKERS)])
+def delivery(request: pytest.FixtureRequest, sample_workers: Callable[[str], Worker]) -> Worker:
+    """Each way handlers run: eager (in the caller), a real worker on Redis, one on RabbitMQ.
+
+    A delivery contract is written once against this fixture and holds for all three.
+    """
+    return sample_workers(request.param)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

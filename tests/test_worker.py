@@ -1,6 +1,7 @@
 """End to end: log() in this process, a real Celery worker process runs the handlers.
 
-Parametrized over both brokers (Redis and RabbitMQ) by the session-scoped ``worker`` fixture.
+Parametrized over both brokers (Redis and RabbitMQ) by the session-scoped ``worker`` fixture; the
+contracts that hold however handlers run also over eager mode (the ``delivery`` fixture).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def test_handlers_run_in_the_worker_in_order(worker: Worker) -> None:
     assert entries[0]["data"] == {"deal_id": "7"}
 
 
-def test_values_reach_the_worker_with_their_types(worker: Worker) -> None:
+def test_values_reach_the_worker_with_their_types(delivery: Worker) -> None:
     data = {
         "naive": dt.datetime(2024, 5, 1, 12, 30, 15, 123456),
         "aware": dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
@@ -38,22 +39,22 @@ def test_values_reach_the_worker_with_their_types(worker: Worker) -> None:
         "uid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
         "nested": {"list": [1, "two", 3.5, None, True], "$dollar": "kept"},
     }
-    with worker.app.app_context():
+    with delivery.app.app_context():
         event_id = log("deals.Typed", data)
-    assert worker.records.wait_handlers(event_id, 2) == ["Typed.store", "handlers.audit"]
-    entry = worker.records.for_id(event_id)[0]
+    assert delivery.records.wait_handlers(event_id, 2) == ["Typed.store", "handlers.audit"]
+    entry = delivery.records.for_id(event_id)[0]
     assert entry["data"] == {key: repr(value) for key, value in data.items()}
     assert entry["types"]["price"] == "Decimal" and entry["types"]["aware"] == "datetime"
 
 
-def test_a_failing_handler_is_logged_and_the_others_run(worker: Worker) -> None:
+def test_a_failing_handler_is_logged_and_the_others_run(delivery: Worker) -> None:
     marker = uuid.uuid4().hex
-    with worker.app.app_context():
+    with delivery.app.app_context():
         event_id = log("deals.Flaky", {"n": marker})
-    handlers = worker.records.wait_handlers(event_id, 3)
+    handlers = delivery.records.wait_handlers(event_id, 3)
     assert handlers == ["Flaky.after", "handlers.flaky_function", "handlers.audit"]
     text = wait_for(
-        lambda: f"boom for {marker}" in worker.log_text() and worker.log_text(),
+        lambda: f"boom for {marker}" in delivery.log_text() and delivery.log_text(),
         what="the failure in the worker's log",
     )
     headline = f"Handler tests.sample.deals.events.Flaky.explode failed for event deals.Flaky (id {event_id}), attempt"
@@ -64,11 +65,11 @@ def test_a_failing_handler_is_logged_and_the_others_run(worker: Worker) -> None:
     assert "ValueError: function handler failed too" in text
 
 
-def test_schema_loaded_data_reaches_the_worker(worker: Worker) -> None:
-    with worker.app.app_context():
+def test_schema_loaded_data_reaches_the_worker(delivery: Worker) -> None:
+    with delivery.app.app_context():
         event_id = log("deals.Purchase", {"deal_id": "42", "amount": "19.90"})
-    worker.records.wait_handlers(event_id, 2)
-    entry = worker.records.for_id(event_id)[0]
+    delivery.records.wait_handlers(event_id, 2)
+    entry = delivery.records.for_id(event_id)[0]
     assert entry["handler"] == "Purchase.store"
     assert entry["data"] == {"deal_id": "42", "amount": "Decimal('19.90')", "coupon": "None"}
     assert entry["types"]["deal_id"] == "int"

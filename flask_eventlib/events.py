@@ -5,13 +5,18 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .exceptions import ValidationError
 from .handlers import is_marked
 
-if TYPE_CHECKING:
-    from .registry import Registry
+
+class HandlerSource(Protocol):
+    """What an event asks of its app's registry (:class:`~flask_eventlib.Registry` is one)."""
+
+    def name_of(self, cls: type[BaseEvent]) -> str | None: ...
+
+    def function_handlers(self, name: str) -> list[Callable[..., Any]]: ...
 
 
 class EventData(dict):  # type: ignore[type-arg]
@@ -67,7 +72,7 @@ class BaseEvent:
         id: str | None = None,
         context: dict[str, Any] | None = None,
         logged_at: _dt.datetime | None = None,
-        registry: Registry | None = None,
+        registry: HandlerSource | None = None,
         name: str | None = None,
     ) -> None:
         self.data: EventData = EventData(data or {})

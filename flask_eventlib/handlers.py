@@ -13,12 +13,16 @@ import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from .exceptions import ConfigurationError
 
-if TYPE_CHECKING:
-    from .registry import Registry
+
+class HandlerSink(Protocol):
+    """Where ``@handler(..., registry=...)`` registers a function at once (a Registry)."""
+
+    def add_function_handler(self, target: str, func: Callable[..., Any]) -> None: ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +85,7 @@ def handler(
     target: str | None = None,
     /,
     *,
-    registry: Registry | None = None,
+    registry: HandlerSink | None = None,
     retries: int | None = None,
     backoff: float | None = None,
 ) -> Callable[[F], F]: ...
@@ -89,7 +93,7 @@ def handler(
     target: Any = None,
     /,
     *,
-    registry: Registry | None = None,
+    registry: HandlerSink | None = None,
     retries: int | None = None,
     backoff: float | None = None,
 ) -> Any:

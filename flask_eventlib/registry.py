@@ -18,7 +18,7 @@ from typing import Any
 
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
-from .handlers import MARKED_FUNCTIONS, check_target, targets_of
+from .handlers import MARKED_FUNCTIONS, check_target, handler, targets_of
 
 _LABEL = re.compile(r"[A-Za-z_][\w-]*")
 
@@ -178,8 +178,6 @@ class Registry:
 
     def handler(self, target: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """``@registry.handler("app.EventName")``: mark a function and register it here at once."""
-        from .handlers import handler
-
         return handler(target, registry=self)
 
     def targets(self) -> dict[str, list[Callable[..., Any]]]:

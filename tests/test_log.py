@@ -424,3 +424,22 @@ def test_the_codecs_edges_keep_the_error_contract(
             log("deals.Typed", data)
     assert isinstance(info.value, TypeError) and rejected == [info.value]
     assert records.all() == []  # nothing was sent
+
+
+def test_two_flask_apps_cannot_share_one_celery_app() -> None:
+    celery = Celery("shared", broker="memory://", set_as_current=False)
+    first = Flask("first")
+    EventLib(first, celery=celery)
+    second = Flask("second")
+    with pytest.raises(ConfigurationError, match="already runs the events of the Flask app 'first'; 'second' needs"):
+        EventLib(second, celery=celery)
+    assert "eventlib" not in second.extensions  # nothing half set up
+    # The first app's tasks still run the first app's handlers.
+    state = first.extensions["eventlib"]
+    state.registry.register_event("first", Plain)
+    ran: list[str] = []
+    state.registry.add_function_handler("first.Plain", lambda event: ran.append(event.id))
+    with first.app_context():
+        event = state.dispatcher.build("first.Plain")
+        celery.tasks[TASK_NAME].apply(args=([state.dispatcher.encode(event)],))
+    assert ran == [event.id]

@@ -9,14 +9,12 @@ is shared with another app in the same process, and nothing is patched after it 
 
 from __future__ import annotations
 
-import atexit
 import copy
 import importlib
 import logging
 import os
 import sys
 import warnings
-import weakref
 from typing import Any
 
 from flask import Flask, Response, current_app, has_request_context, request
@@ -185,7 +183,6 @@ class EventLib:
                 unbind(celery)
                 raise
         self._last_celery = celery
-        _flush_at_exit(sender)
         app.after_request(hooks.after_request)
         app.teardown_request(hooks.teardown_request)
 
@@ -336,23 +333,6 @@ def flush(timeout: float | None = 10.0) -> bool:
     :returns: ``False`` if ``timeout`` seconds passed first.
     """
     return state_of().sender.flush(timeout)
-
-
-_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
-
-
-def _flush_at_exit(sender: Sender) -> None:
-    _senders.add(sender)
-
-
-@atexit.register
-def _flush_all() -> None:
-    for sender in list(_senders):
-        try:  # one sender's failure must not keep the others from flushing
-            if not sender.flush(timeout=5.0):
-                logger.error("flask-eventlib: %d events were not sent before exit", sender.pending())
-        except Exception:
-            logger.exception("flask-eventlib: a sender failed to flush at exit")
 
 
 def get_dispatcher() -> Any:

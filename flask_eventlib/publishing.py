@@ -9,6 +9,7 @@ drains the spool to the broker, oldest first, once the broker answers again.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +58,9 @@ class Spool:
         self.path = path
         self.max_events = max_events
         self._file = SQLiteFile(path, _SPOOL_SCHEMA, name="spool", error=SpoolError)
+        # Batches this process sent whose removal failed (a full disk): row id -> event count.
+        # They are never sent again from here; their rows are removed once the file can be written.
+        self._sent: dict[int, int] = {}
 
     def put(self, messages: list[str]) -> None:
         """Append a batch durably.
@@ -76,7 +81,7 @@ class Spool:
         """
         if not os.path.exists(self.path):
             return 0  # looking must not create it: the spool is made when first needed
-        return self._held()
+        return self._held() - sum(self._sent.values())
 
     def _held(self) -> int:
         ((held,),) = self._file.execute("SELECT COALESCE(SUM(count), 0) FROM spool")
@@ -89,18 +94,40 @@ class Spool:
         transaction, so two processes sharing the spool never send the same batch. ``send``'s
         exceptions propagate as they are; the file's own failures as :class:`SpoolError`.
         """
+        self._remove_sent()
         sent = 0
         for _ in range(limit):
-            with self._file.transaction():
-                rows = self._file.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1")
-                if not rows:
-                    break
-                ((row_id, body),) = rows
-                messages = json.loads(body)
-                send(messages)  # raises: the transaction rolls back and the batch stays
-                self._file.execute("DELETE FROM spool WHERE id = ?", (row_id,))
+            row_id, delivered = 0, False
+            try:
+                with self._file.transaction():
+                    rows = self._file.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1")
+                    if not rows:
+                        break
+                    ((row_id, body),) = rows
+                    messages = json.loads(body)
+                    send(messages)  # raises: the transaction rolls back and the batch stays
+                    delivered = True
+                    self._file.execute("DELETE FROM spool WHERE id = ?", (row_id,))
+            except SpoolError:
+                if delivered:  # sent, but not removed: never send it again from this process
+                    self._sent[row_id] = len(messages)
+                raise
             sent += len(messages)
         return sent
+
+    def _remove_sent(self) -> None:
+        """Remove the rows of batches sent earlier whose removal failed.
+
+        :raises SpoolError: when the file still cannot be written (then nothing more is sent
+            from it: its oldest batch may be one already sent).
+        """
+        if not self._sent:
+            return
+        ids = list(self._sent)
+        with self._file.transaction():
+            self._file.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(ids))})", ids)
+        for row_id in ids:
+            del self._sent[row_id]
 
     def close(self) -> None:
         """Close this process's connection to the file; the next call opens another."""
@@ -160,10 +187,13 @@ class Sender:
         self._broker_down = False
         self._spool_usable_at = 0.0  # a failed spool rests until then
         self._spool_failing = False
+        self._spool_dirty = False  # the spool may hold events a drain has not reached yet
         #: Events dropped because the spool (or the memory backlog) was full.
         self.dropped = 0
         #: Times the spool failed to open, read or write.
         self.spool_failures = 0
+        self._retried = threading.Condition()
+        self._retries_done = 0
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -190,15 +220,46 @@ class Sender:
                 self._done_cond.wait(remaining if remaining is None else min(remaining, 1.0))
         return True
 
+    def shutdown(self, timeout: float = 5.0) -> int:
+        """At exit: send what was submitted, try the broker once more for what waits (in memory or
+        in the spool), and log how many events are left and where; return that number.
+
+        Called for every sender at interpreter exit. Events left in the spool are sent by the next
+        process that uses the same file; events left in memory are lost.
+        """
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        if self._thread is not None and (self._backlog or self._broker_down or self._spooled()):
+            with self._retried:
+                target = self._retries_done + 1
+                self._queue.put(None)  # asks the thread for one more attempt, now
+                while self._retries_done < target and (left := deadline - time.monotonic()) > 0:
+                    self._retried.wait(left)
+        with self._done_cond:
+            queued = self._submitted - self._done
+        in_memory, spooled = len(self._backlog) + queued, self._spooled()
+        if spooled:
+            logger.warning(
+                "flask-eventlib: %d events are left in the spool %s at exit; the next process using it sends them",
+                spooled,
+                self.spool.path if self.spool else None,
+            )
+        if in_memory:
+            logger.error("flask-eventlib: %d events in memory were not sent before exit: they are lost", in_memory)
+        return in_memory + spooled
+
+    def _spooled(self) -> int:
+        if self.spool is None:
+            return 0
+        with contextlib.suppress(SpoolError):  # the thread logs the spool's failures
+            return self.spool.pending()
+        return 0
+
     def pending(self) -> int:
         """Events submitted but not yet published or spooled, plus those waiting in memory or the spool."""
         with self._done_cond:
             waiting = self._submitted - self._done
-        spooled = 0
-        if self.spool is not None:
-            with contextlib.suppress(SpoolError):  # the thread logs the spool's failures
-                spooled = self.spool.pending()
-        return waiting + len(self._backlog) + spooled
+        return waiting + len(self._backlog) + self._spooled()
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -214,6 +275,7 @@ class Sender:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="flask-eventlib-sender", daemon=True)
                 self._thread.start()
+                _running.add(self)
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -242,16 +304,25 @@ class Sender:
             if self.spool.pending():
                 self._broker_down = True  # left over by an earlier process: drain it first
         except Exception as exc:
+            self._spool_dirty = True  # it may hold an earlier process's events: tried again later
             self._spool_failed(exc)
 
     def _step(self) -> None:
-        timeout = self.retry_interval if self._has_backlog() else None
+        timeout = self.retry_interval if self._needs_retry() else None
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:
             self._retry_backlog()
             return
-        batch = list(first or [])
+        if first is None:  # shutdown() asks for one more attempt at once
+            try:
+                self._retry_backlog()
+            finally:
+                with self._retried:
+                    self._retries_done += 1
+                    self._retried.notify_all()
+            return
+        batch = list(first)
         self._take_waiting(batch)
         if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
             # At most one message per `linger` seconds: events that come after a quiet spell
@@ -286,12 +357,17 @@ class Sender:
             batch.extend(more or [])
 
     def _has_backlog(self) -> bool:
+        """Events wait for a broker that failed: new ones queue up behind them, in order."""
         return bool(self._backlog) or self._broker_down
+
+    def _needs_retry(self) -> bool:
+        """Something waits to be sent: the backlog, or a spool whose drain failed part way."""
+        return self._has_backlog() or self._spool_dirty
 
     def _deliver(self, batch: list[str]) -> None:
         # While the broker is down, events go straight to the spool; the broker is tried again
         # once per retry_interval, not for every batch (a dead broker can take a timeout to say no).
-        if self._has_backlog() and time.monotonic() >= self._next_retry:
+        if self._needs_retry() and time.monotonic() >= self._next_retry:
             self._retry_backlog()
         if not self._has_backlog():
             try:
@@ -370,8 +446,10 @@ class Sender:
                     while self.spool.drain(self.send):
                         pass
                 except SpoolError as exc:
+                    self._spool_dirty = True  # drained again once it rests, while the broker is used
                     self._spool_failed(exc)
                 else:
+                    self._spool_dirty = False
                     self._spool_works()
             if self._broker_down:
                 logger.warning("The broker answers again; the events kept meanwhile were sent")
@@ -380,3 +458,18 @@ class Sender:
             self._broker_down = True
             self._next_retry = time.monotonic() + self.retry_interval
             logger.debug("The broker is still unavailable: %s", exc)
+
+
+#: The senders whose thread runs in this process, told to finish at interpreter exit.
+_running: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+@atexit.register
+def _shut_down_all() -> None:
+    for sender in list(_running):
+        if sender._pid != os.getpid():
+            continue  # a forked child's copy: its parent's to finish
+        try:  # one sender's failure must not keep the others from finishing
+            sender.shutdown(timeout=5.0)
+        except Exception:
+            logger.exception("flask-eventlib: a sender failed to finish at exit")

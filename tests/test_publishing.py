@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,7 +21,7 @@ from flask import Flask
 
 from flask_eventlib import BaseEvent, EventLib, flush, log, signals
 from flask_eventlib.publishing import Sender, Spool
-from tests.conftest import REDIS_URL, Records, wait_for
+from tests.conftest import REDIS_URL, ROOT, Records, wait_for
 from tests.sample import create_app
 
 
@@ -397,3 +400,99 @@ def test_an_app_whose_spool_is_corrupt_still_delivers_every_event(
         assert delivered == list(range(40))
     finally:
         redis_client.delete(queue)
+
+
+# -- a full disk, an orderly exit (issue 16, items 4 and 8) -------------------------------------
+
+FULL_DISK_SCRIPT = """
+import json, logging, os, resource, signal, sys, time
+from flask_eventlib.publishing import Sender, Spool
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+path = sys.argv[1]
+spool = Spool(path)
+for n in range(10):
+    spool.put([f"old{n}-{i}" for i in range(10)])  # 100 events the broker did not take earlier
+# The disk is full from now on: no file of this process may grow (EFBIG, as SQLite's SQLITE_FULL).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+size = max(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+published = []
+sender = Sender(published.extend, spool=spool, max_batch=10, retry_interval=0.05, spool_retry_interval=0.1)
+for n in range(300):
+    sender.submit([f"new{n}"])
+assert sender.flush(10)
+deadline = time.monotonic() + 20
+while sender.spool_failures < 4 and time.monotonic() < deadline:
+    time.sleep(0.05)  # polling the sender's own counter with a deadline
+print(json.dumps({"published": published, "dropped": sender.dropped, "failures": sender.spool_failures}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def _run_script(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_full_disk_neither_resends_a_sent_batch_nor_holds_healthy_delivery_hostage(tmp_path: Path) -> None:
+    run = _run_script(FULL_DISK_SCRIPT, str(tmp_path / "spool.sqlite3"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout)
+    published: list[str] = result["published"]
+    assert sorted(n for n in published if n.startswith("new")) == sorted(f"new{n}" for n in range(300))
+    assert result["dropped"] == 0  # the broker was healthy: nothing waited on the full disk
+    assert published.count("old0-0") == 1  # sent once; its removal failed; never sent again
+    assert result["failures"] >= 4  # the spool was tried again meanwhile, and still failed
+    # Logged once at ERROR, with the cause (SQLite calls a write past the file-size limit an I/O error).
+    assert run.stderr.count("ERROR The spool") == 1 and "disk I/O error" in run.stderr
+
+
+EXIT_SCRIPT = """
+import os, sys
+import redis
+from flask_eventlib.publishing import Sender, Spool
+
+path, url, key, at_exit = sys.argv[1:]
+client = redis.Redis.from_url(url)
+down = [True]
+
+def send(batch):
+    if down[0]:
+        raise ConnectionError("broker down")
+    client.rpush(key, *batch)
+
+# A retry interval far longer than the run: only the exit itself tries the broker again.
+sender = Sender(send, spool=Spool(path), max_batch=10, retry_interval=600)
+for n in range(100):
+    sender.submit([f"e{n}"])
+assert sender.flush(10) and sender.spool.pending() == 100
+down[0] = at_exit == "down"
+sys.exit(0)  # an orderly exit: the interpreter's exit hooks run
+"""
+
+
+@pytest.mark.parametrize("at_exit", ["up", "down"])
+def test_an_orderly_exit_tries_the_broker_once_more_and_says_what_is_left(
+    tmp_path: Path, redis_client: redis.Redis, at_exit: str
+) -> None:
+    path, key = str(tmp_path / "spool.sqlite3"), f"eventlib-test:exit:{uuid.uuid4().hex}"
+    try:
+        run = _run_script(EXIT_SCRIPT, path, REDIS_URL, key, at_exit)
+        assert run.returncode == 0, run.stderr
+        sent = [item.decode() for item in redis_client.lrange(key, 0, -1)]
+    finally:
+        redis_client.delete(key)
+    if at_exit == "up":
+        assert sorted(sent) == sorted(f"e{n}" for n in range(100)) and Spool(path).pending() == 0
+        assert "left in the spool" not in run.stderr
+    else:
+        assert sent == [] and Spool(path).pending() == 100
+        assert f"100 events are left in the spool {path} at exit; the next process using it sends them" in run.stderr

@@ -42,7 +42,8 @@ MAX_EVENTS_PER_MESSAGE = "EVENTLIB_MAX_EVENTS_PER_MESSAGE"
 #: many requests; after a quiet spell an event goes at once. ``0``: every batch at once.
 #: Default ``0.02``.
 PUBLISH_LINGER = "EVENTLIB_PUBLISH_LINGER"
-#: Seconds the sender waits for the broker before spooling events locally. Default ``2.0``.
+#: Seconds the sender waits for the broker (to connect, for Redis's reply, for RabbitMQ's confirm
+#: of a publish) before spooling events locally. Default ``2.0``.
 PUBLISH_TIMEOUT = "EVENTLIB_PUBLISH_TIMEOUT"
 #: The SQLite file where events wait while the broker is down;
 #: default ``<app.instance_path>/eventlib-spool.sqlite3``.

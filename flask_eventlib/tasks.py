@@ -179,17 +179,33 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
     Meant for one thread (the sender's). It does not retry: a failure raises at once, so the
     caller can spool the events instead of blocking.
 
-    :param timeout: on Redis, the longest wait for an answer: a broker that stops answering
-        without closing the connection makes the publish fail (and the events go to the spool)
-        instead of hanging the sender.
+    :param timeout: the longest wait for the broker. On Redis, for an answer: a broker that stops
+        answering without closing the connection makes the publish fail (and the events go to
+        the spool) instead of hanging the sender. On RabbitMQ, for connecting and for the
+        broker's confirm of each publish: a publish not confirmed in time raises, and the kept
+        connection is dropped, so the next batch reconnects.
     """
     kept: dict[str, Any] = {}
     options: dict[str, Any] = {}
-    if str(celery.conf.broker_url or "").startswith(("redis://", "rediss://", "unix://")):
+    publish_options: dict[str, Any] = {}
+    url = str(celery.conf.broker_url or "")
+    amqp = url.startswith(("amqp://", "amqps://", "pyamqp://"))
+    if url.startswith(("redis://", "rediss://", "unix://")):
         transport_options = dict(celery.conf.broker_transport_options or {})
         transport_options.setdefault("socket_timeout", timeout)
         transport_options.setdefault("socket_connect_timeout", timeout)
         options["transport_options"] = transport_options
+    elif amqp:
+        transport_options = dict(celery.conf.broker_transport_options or {})
+        # A publish is only in the socket when basic.publish returns: what a partition swallows
+        # then is lost without an error. With confirms it is the broker's ack that says "kept".
+        transport_options.setdefault("confirm_publish", True)
+        # The RPCs of a new connection (channel.open, confirm.select, queue.declare) wait with
+        # no timeout of their own; socket timeouts bound them when the broker goes silent.
+        transport_options.setdefault("read_timeout", timeout)
+        transport_options.setdefault("write_timeout", timeout)
+        options.update(transport_options=transport_options, connect_timeout=timeout)
+        publish_options.update(timeout=timeout, confirm_timeout=timeout)
 
     def send(messages: list[str]) -> None:
         if kept.get("pid") != os.getpid():
@@ -210,15 +226,22 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
                 # Celery would otherwise build a repr of every event for its logs (~80 us a message).
                 argsrepr=f"<{len(messages)} events>",
                 kwargsrepr="{}",
+                **publish_options,
             )
-        except Exception:
+        except Exception as exc:
             conn = kept.pop("conn", None)
             kept.clear()
             if conn is not None:
                 try:
-                    conn.close()
+                    if amqp:
+                        # A polite close waits for the broker's close-ok, which a partition never sends.
+                        conn.collect()
+                    else:
+                        conn.close()
                 except Exception:
                     logger.debug("Closing a failed broker connection raised", exc_info=True)
+            if amqp and isinstance(exc, TimeoutError):  # py-amqp says only "timed out"
+                raise TimeoutError(f"no confirm from the broker within {timeout}s") from exc
             raise
 
     return send

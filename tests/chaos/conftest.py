@@ -1,4 +1,4 @@
-"""The chaos suite: real workers killed, a real Redis stopped; figures reported at the end.
+"""The chaos suite: real workers killed, a real Redis stopped, RabbitMQ cut off by a proxy; figures at the end.
 
 ``EVENTLIB_CHAOS_EVENTS`` scales the number of events (default 1000).
 """

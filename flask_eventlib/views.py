@@ -18,30 +18,28 @@ share (400 when they differ).
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import hashlib
 import logging
 import math
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request, url_for
+from flask import Blueprint, Flask, Response, current_app, request
 from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
-from markupsafe import Markup, escape
 from werkzeug.datastructures import ImmutableMultiDict, MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import config
 from .exceptions import ConfigurationError, EventNotFound, ValidationError
 from .extension import get_dispatcher
+from .script import SCRIPT_PATH as SCRIPT_PATH
+from .script import eventlib_script, serve_script
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -56,12 +54,8 @@ MAX_DEPTH = 32
 #: Parameters of the query-string and form bodies that are not data.
 EVENT_PARAM = "__event__"
 ID_PARAM = "__id__"
-#: The JS client's minified build (``window.yipit.event``), made from ``js/`` by ``npm run build``
-#: and served at ``<EVENTLIB_URL_PREFIX>/eventlib.js``.
-SCRIPT_PATH = Path(__file__).resolve().parent / "static" / "eventlib.js"
 
 _ENDPOINT = "eventlib.log"
-_SCRIPT_ENDPOINT = "eventlib.script"
 _JSON_TYPES = frozenset({"application/json", "text/plain"})
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _EVENT_KEYS = frozenset({"event", "data", "id"})
@@ -374,68 +368,7 @@ def event_schema() -> Response:
     return jsonify(json_schema(get_dispatcher().registry.events()))
 
 
-# -- the JS client ------------------------------------------------------------------------------
-
-
-@blueprint.get("/eventlib.js", endpoint="script")
-def serve_script() -> Response:
-    """The JS client, which defines ``window.yipit.event``.
-
-    Cached for a year (``immutable``) under the URL :func:`eventlib_script` renders, whose ``?v=``
-    is the file's hash, so a new version is fetched as soon as pages link to it; under any other
-    URL, cached for a day and revalidated with its ``ETag``.
-    """
-    data, version = _script()
-    response = current_app.response_class(data, mimetype="text/javascript")
-    response.set_etag(version)
-    response.cache_control.public = True
-    if request.args.get("v") == version:
-        response.cache_control.max_age = 365 * 86400
-        response.cache_control.immutable = True
-    else:
-        response.cache_control.max_age = 86400
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.make_conditional(request)  # 304 for a matching If-None-Match, in place
-    return response
-
-
-def eventlib_script(endpoint: str | None = None, **attributes: str | bool | None) -> Markup:
-    """The ``<script>`` tag of the JS client, for templates: ``{{ eventlib_script() }}``.
-
-    Renders ``<script src="/event/eventlib.js?v=<hash>" data-endpoint="/event/log"></script>``;
-    after it, page scripts can call ``yipit.event.log(name, data)``. A Jinja global of every app
-    whose endpoint is registered (``EVENTLIB_HTTP_ENABLED``).
-
-    :param endpoint: the URL the client posts events to; default the blueprint's ``/event/log``
-        (under ``EVENTLIB_URL_PREFIX``).
-    :param attributes: more attributes of the tag, e.g. ``nonce=csp_nonce`` or ``defer=True`` (then
-        page scripts that log at load time must be deferred too); ``True`` renders the bare name,
-        ``False`` and ``None`` leave it out, and ``_`` in a name becomes ``-``.
-    """
-    _, version = _script()
-    attrs: dict[str, str | bool | None] = {
-        "src": url_for(_SCRIPT_ENDPOINT, v=version),
-        "data-endpoint": endpoint if endpoint is not None else url_for(_ENDPOINT),
-    }
-    attrs.update({name.replace("_", "-"): value for name, value in attributes.items()})
-    rendered = "".join(
-        f" {escape(name)}" if value is True else f' {escape(name)}="{escape(value)}"'
-        for name, value in attrs.items()
-        if value is not None and value is not False
-    )
-    return Markup(f"<script{rendered}></script>")
-
-
-def _script() -> tuple[bytes, str]:
-    """The client's bytes and version (a hash of them), read again only when the file changed."""
-    stat = SCRIPT_PATH.stat()
-    return _read_script(stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=2)
-def _read_script(mtime_ns: int, size: int) -> tuple[bytes, str]:
-    data = SCRIPT_PATH.read_bytes()
-    return data, hashlib.sha256(data).hexdigest()[:16]
+blueprint.add_url_rule("/eventlib.js", "script", serve_script, methods=["GET"])
 
 
 # -- reading the body -----------------------------------------------------------------------------

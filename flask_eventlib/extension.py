@@ -25,7 +25,7 @@ from .tasks import bind_task, create_celery, filesystem_broker_settings, make_sc
 logger = logging.getLogger("flask_eventlib")
 
 EXTENSION_KEY = "eventlib"
-_VIEWS_MODULE = f"{__package__}.views"
+_VIEWS_MODULE = f"{__package__}.ingest.view"
 
 
 @dataclass

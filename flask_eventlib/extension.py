@@ -199,7 +199,7 @@ class EventLib:
         app.cli.add_command(eventlib_cli)
 
         if conf[config.HTTP_ENABLED]:
-            from .views import init_http
+            from .ingest import init_http
 
             try:
                 init_http(app)

@@ -25,7 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import TestResponse
 
 from flask_eventlib import ConfigurationError, EventLib, Registry, log
-from flask_eventlib.views import blueprint
+from flask_eventlib.ingest import blueprint
 from tests.conftest import REDIS_URL, Records, Worker
 from tests.sample import create_app
 

@@ -22,6 +22,8 @@ from flask import Flask, Response, current_app, has_request_context, request
 from . import config
 from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
+from .ingest import register_http
+from .ingest.settings import settings_from_config
 from .publishers import Background, Eager, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
@@ -33,7 +35,7 @@ from .tasks import bind_task, create_celery, filesystem_broker_settings, make_sc
 
 logger = logging.getLogger("flask_eventlib")
 
-_VIEWS_MODULE = f"{__package__}.views"
+_VIEWS_MODULE = f"{__package__}.ingest.view"
 
 
 class EventLib:
@@ -110,6 +112,8 @@ class EventLib:
         queue = conf[config.QUEUE]
         eager = bool(conf[config.ALWAYS_EAGER])
 
+        # Every setting is checked before anything is registered on the app or the Celery app.
+        http = settings_from_config(conf) if conf[config.HTTP_ENABLED] else None
         registry = self._build_registry(app)
         # A Celery app passed in is used as it is; otherwise each Flask app gets its own.
         celery = self._celery if self._celery is not None else self._create_celery(app, queue)
@@ -170,13 +174,12 @@ class EventLib:
             queue=queue,
             store=store,
             eager=eager,
+            http=http,
         )
         app.extensions[EXTENSION_KEY] = state
-        if conf[config.HTTP_ENABLED]:
-            from .views import init_http
-
+        if http is not None:
             try:
-                init_http(app)
+                register_http(app, http)
             except Exception:
                 # Not half set up: a second init_app may try again.
                 del app.extensions[EXTENSION_KEY]

@@ -11,6 +11,7 @@ from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
+    from .ingest.settings import HttpSettings
     from .publishers import Router
     from .publishing import Sender
     from .registry import Registry
@@ -60,6 +61,8 @@ class EventLibState:
     store: Store | None
     #: Whether handlers run in the caller (``EVENTLIB_ALWAYS_EAGER``).
     eager: bool
+    #: The browser endpoint's settings (``None`` with ``EVENTLIB_HTTP_ENABLED = False``).
+    http: HttpSettings | None = None
 
     def log(
         self,

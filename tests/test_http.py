@@ -25,7 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import TestResponse
 
 from flask_eventlib import ConfigurationError, EventLib, log
-from flask_eventlib.views import blueprint
+from flask_eventlib.ingest import blueprint
 from tests.conftest import REDIS_URL, Records, Worker
 from tests.sample import create_app
 
@@ -340,7 +340,7 @@ def test_rate_limit_falls_back_to_memory_when_its_storage_is_down(make_app: AppF
 
 def test_rate_limit_off(make_app: AppFactory, records: Records) -> None:
     app = make_app(EVENTLIB_RATE_LIMIT=None)
-    assert app.extensions["eventlib_http"].limiter is None
+    assert app.extensions["eventlib"].http.limiter is None
     client = app.test_client()
     assert all(client.post("/event/log?__event__=web.PageView").status_code == 202 for _ in range(150))
     assert len(records.all()) == 150
@@ -496,7 +496,7 @@ def test_prefix_and_switch(make_app: AppFactory, records: Records) -> None:
     accepted(client.post("/track/log?__event__=web.PageView"), records)
     assert client.post("/event/log?__event__=web.PageView").status_code == 404
     off = make_app(EVENTLIB_HTTP_ENABLED=False)
-    assert "eventlib" not in off.blueprints and "eventlib_http" not in off.extensions
+    assert "eventlib" not in off.blueprints and off.extensions["eventlib"].http is None
     assert off.test_client().post("/event/log?__event__=web.PageView").status_code == 404
     assert len(records.all()) == 1
 
@@ -590,3 +590,4 @@ def test_a_foreign_page_cannot_use_up_a_visitors_rate_limit(make_app: AppFactory
     assert client.post("/event/log?__event__=web.PageView").status_code == 202  # the budget is intact
     assert client.post("/event/log?__event__=web.PageView").status_code == 429
     assert len(records.all()) == 1
+

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask, render_template_string
 
 from flask_eventlib import EventLib
-from flask_eventlib.views import SCRIPT_PATH
+from flask_eventlib.script import SCRIPT_PATH
 from tests.conftest import ROOT
 from tests.sample import create_app
 
@@ -140,7 +140,7 @@ def make_app(tmp_path: Path, **config: Any) -> Flask:
 
 
 def version() -> str:
-    from flask_eventlib.views import _script
+    from flask_eventlib.script import _script
 
     return _script()[1]
 

@@ -591,3 +591,44 @@ def test_a_foreign_page_cannot_use_up_a_visitors_rate_limit(make_app: AppFactory
     assert client.post("/event/log?__event__=web.PageView").status_code == 429
     assert len(records.all()) == 1
 
+
+# -- bodies without a length (issue 16, item 10) -------------------------------------------------
+
+CHUNKED_BODIES = {
+    "a form of 100 KB": (b"__event__=web.PageView&page=" + b"x" * 100_000, "application/x-www-form-urlencoded"),
+    "JSON then 80 KB of spaces": (
+        b'{"event": "web.PageView", "data": {"page": "/"}}' + b" " * 80_000,
+        "application/json",
+    ),
+}
+
+
+def _chunked(client: FlaskClient, data: bytes, content_type: str) -> TestResponse:
+    """A chunked request as a WSGI server hands it over: no length, the input ends by itself."""
+    return client.post(
+        "/event/log",
+        input_stream=io.BytesIO(data),
+        headers={"Content-Type": content_type, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+@pytest.mark.parametrize(("data", "content_type"), CHUNKED_BODIES.values(), ids=CHUNKED_BODIES.keys())
+def test_a_chunked_body_over_the_limit_is_refused_whole(
+    client: FlaskClient, records: Records, data: bytes, content_type: str
+) -> None:
+    document = refused(_chunked(client, data, content_type), 413, "payload_too_large", records)
+    assert document["errors"][0]["message"] == "The request body is larger than 65536 bytes."
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json"])
+def test_a_chunked_body_within_the_limit_is_read_whole(
+    client: FlaskClient, records: Records, content_type: str
+) -> None:
+    page = "p" * 60_000  # most of the limit: nothing of it may be cut
+    if content_type == "application/json":
+        data = json.dumps({"event": "web.PageView", "data": {"page": page}}).encode()
+    else:
+        data = f"__event__=web.PageView&page={page}".encode()
+    (event_id,) = accepted(_chunked(client, data, content_type), records)
+    assert records.for_id(event_id)[0]["data"] == {"page": repr(page)}

@@ -22,6 +22,7 @@ reached through :func:`_core` alone.
 from __future__ import annotations
 
 import datetime as dt
+import io
 from typing import Any
 
 import orjson
@@ -77,7 +78,21 @@ def register_http(app: Flask, settings: HttpSettings) -> None:
 def _limit_body_size(endpoint: str | None, values: dict[str, Any] | None) -> None:
     # URL value preprocessors run before every before_request hook, so no hook of the app can
     # read an unlimited body of this endpoint first.
-    request.max_content_length = _core()[1].max_content_length
+    limit = _core()[1].max_content_length
+    request.max_content_length = limit
+    environ = request.environ
+    chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    if (chunked or environ.get("CONTENT_LENGTH") is None) and environ.get("wsgi.input_terminated"):
+        # A body without a length (chunked, which also overrides a Content-Length): Werkzeug
+        # would cut it at the limit and go on with what it read. Read one byte past the limit
+        # instead, refuse the body if it is there, and hand Werkzeug the body with its length.
+        body = environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise Refused(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ.pop("wsgi.input_terminated", None)
 
 
 @blueprint.before_app_request

@@ -632,3 +632,52 @@ def test_a_chunked_body_within_the_limit_is_read_whole(
         data = f"__event__=web.PageView&page={page}".encode()
     (event_id,) = accepted(_chunked(client, data, content_type), records)
     assert records.for_id(event_id)[0]["data"] == {"page": repr(page)}
+
+
+def test_a_rate_limit_storage_that_stops_answering_costs_tens_of_ms_and_fails_open(
+    make_app: AppFactory, records: Records
+) -> None:
+    # A "Redis" that accepts connections and reads, but never answers (a SIGSTOPped server).
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        app = make_app(EVENTLIB_RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+        results: list[tuple[int, float]] = []
+
+        def one() -> None:
+            started = time.perf_counter()
+            status = app.test_client().post("/event/log?__event__=web.PageView&page=/").status_code
+            results.append((status, time.perf_counter() - started))
+
+        requests = [threading.Thread(target=one) for _ in range(8)]
+        for thread in requests:
+            thread.start()
+        for thread in requests:
+            thread.join(timeout=30)
+        assert [status for status, _ in results] == [202] * 8  # failed open: every event logged
+        assert max(elapsed for _, elapsed in results) < 1.0  # bounded, not Redis's 5 s default
+        assert len(records.all()) == 8
+    finally:
+        stop.set()
+        acceptor.join()
+        for conn in held:
+            conn.close()
+        server.close()

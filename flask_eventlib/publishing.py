@@ -1,4 +1,5 @@
-"""How an encoded event leaves the process: a background sender, and a spool for broker outages.
+"""How an encoded event leaves the process: the background sender, with the spool
+(:mod:`flask_eventlib.spool`) behind it for broker outages.
 
 ``log()`` never waits for the broker. Encoded events are handed to a :class:`Sender`, whose
 thread publishes them in batches (one broker message for all the events waiting, up to
@@ -11,127 +12,20 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from . import signals
-from .sqlite import SQLiteFile, SQLiteFileError
+from .spool import Send, Spool, SpoolError, SpoolFull
+
+__all__ = ["Send", "Sender", "Spool", "SpoolError", "SpoolFull"]
 
 logger = logging.getLogger("flask_eventlib")
-
-#: Publishes one list of encoded events as one broker message; raises when it cannot.
-Send = Callable[[list[str]], None]
-
-
-class SpoolFull(Exception):
-    """The spool holds its maximum number of events."""
-
-
-class SpoolError(SQLiteFileError):
-    """The spool's file cannot be opened, read or written (read-only disk, corrupt file, full disk)."""
-
-
-_SPOOL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spool (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL, body TEXT NOT NULL);
-"""
-
-
-class Spool:
-    """A durable FIFO of event batches in a SQLite file, shared safely by the processes using it.
-
-    The file and its folder are created on first use. Every failure of the file itself is a
-    :class:`SpoolError`, so callers tell it from the broker's.
-
-    :param path: the SQLite file.
-    :param max_events: the most events it holds; past that :meth:`put` raises :class:`SpoolFull`.
-    """
-
-    def __init__(self, path: str, max_events: int = 100_000) -> None:
-        self.path = path
-        self.max_events = max_events
-        self._file = SQLiteFile(path, _SPOOL_SCHEMA, name="spool", error=SpoolError)
-        # Batches this process sent whose removal failed (a full disk): row id -> event count.
-        # They are never sent again from here; their rows are removed once the file can be written.
-        self._sent: dict[int, int] = {}
-
-    def put(self, messages: list[str]) -> None:
-        """Append a batch durably.
-
-        :raises SpoolFull: when it would hold more than ``max_events`` events.
-        :raises SpoolError: when the file cannot be written.
-        """
-        with self._file.transaction():
-            held = self._held()
-            if held + len(messages) > self.max_events:
-                raise SpoolFull(f"the spool {self.path} holds {held} events (max {self.max_events})")
-            self._file.execute("INSERT INTO spool (count, body) VALUES (?, ?)", (len(messages), json.dumps(messages)))
-
-    def pending(self) -> int:
-        """How many events it holds (0, without making it, when the file does not exist yet).
-
-        :raises SpoolError: when the file cannot be read.
-        """
-        if not os.path.exists(self.path):
-            return 0  # looking must not create it: the spool is made when first needed
-        return self._held() - sum(self._sent.values())
-
-    def _held(self) -> int:
-        ((held,),) = self._file.execute("SELECT COALESCE(SUM(count), 0) FROM spool")
-        return int(held)
-
-    def drain(self, send: Send, limit: int = 100) -> int:
-        """Send the oldest batches, oldest first, removing each once sent; return events sent.
-
-        Stops at the first failure (which propagates) so order is kept. A batch is claimed in a
-        transaction, so two processes sharing the spool never send the same batch. ``send``'s
-        exceptions propagate as they are; the file's own failures as :class:`SpoolError`.
-        """
-        self._remove_sent()
-        sent = 0
-        for _ in range(limit):
-            row_id, delivered = 0, False
-            try:
-                with self._file.transaction():
-                    rows = self._file.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1")
-                    if not rows:
-                        break
-                    ((row_id, body),) = rows
-                    messages = json.loads(body)
-                    send(messages)  # raises: the transaction rolls back and the batch stays
-                    delivered = True
-                    self._file.execute("DELETE FROM spool WHERE id = ?", (row_id,))
-            except SpoolError:
-                if delivered:  # sent, but not removed: never send it again from this process
-                    self._sent[row_id] = len(messages)
-                raise
-            sent += len(messages)
-        return sent
-
-    def _remove_sent(self) -> None:
-        """Remove the rows of batches sent earlier whose removal failed.
-
-        :raises SpoolError: when the file still cannot be written (then nothing more is sent
-            from it: its oldest batch may be one already sent).
-        """
-        if not self._sent:
-            return
-        ids = list(self._sent)
-        with self._file.transaction():
-            self._file.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(ids))})", ids)
-        for row_id in ids:
-            del self._sent[row_id]
-
-    def close(self) -> None:
-        """Close this process's connection to the file; the next call opens another."""
-        self._file.close()
 
 
 class Sender:

@@ -20,7 +20,8 @@ import redis
 from flask import Flask
 
 from flask_eventlib import BaseEvent, EventLib, flush, log, signals
-from flask_eventlib.publishing import Sender, Spool
+from flask_eventlib.publishing import Sender
+from flask_eventlib.spool import Spool
 from tests.conftest import REDIS_URL, ROOT, Records, wait_for
 from tests.sample import create_app
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from flask_eventlib.exceptions import EventlibError
-from flask_eventlib.publishing import Spool, SpoolError
+from flask_eventlib.spool import Spool, SpoolError
 from flask_eventlib.sqlite import SQLiteFile, SQLiteFileError
 from flask_eventlib.store import DeadLetter, SQLiteStore
 from tests.conftest import wait_for

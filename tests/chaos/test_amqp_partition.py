@@ -17,7 +17,8 @@ import pytest
 from kombu import Connection
 
 from flask_eventlib import signals
-from flask_eventlib.publishing import Sender, Spool
+from flask_eventlib.publishing import Sender
+from flask_eventlib.spool import Spool
 from flask_eventlib.tasks import create_celery, make_send
 from tests.chaos.proxy import TCPProxy
 from tests.conftest import AMQP_URL, wait_for

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from flask_eventlib.publishing import Spool
+from flask_eventlib.spool import Spool
 from tests.chaos.conftest import CHAOS_EVENTS
 from tests.conftest import REDIS_URL, start_worker, stop_process, wait_for, wait_worker_ready
 from tests.sample import create_app

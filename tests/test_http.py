@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import random
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ from werkzeug.test import TestResponse
 from flask_eventlib import ConfigurationError, EventLib, log
 from flask_eventlib.ingest import blueprint
 from tests.conftest import REDIS_URL, Records, Worker
+from tests.faults import silent_server
 from tests.sample import create_app
 
 ERROR_KEYS = {"status", "code", "message", "index", "event", "id", "details"}
@@ -638,28 +641,8 @@ def test_a_rate_limit_storage_that_stops_answering_costs_tens_of_ms_and_fails_op
     make_app: AppFactory, records: Records
 ) -> None:
     # A "Redis" that accepts connections and reads, but never answers (a SIGSTOPped server).
-    import socket
-    import threading
-    import time
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        app = make_app(EVENTLIB_RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+    with silent_server() as port:
+        app = make_app(EVENTLIB_RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{port}/0")
         results: list[tuple[int, float]] = []
 
         def one() -> None:
@@ -675,9 +658,3 @@ def test_a_rate_limit_storage_that_stops_answering_costs_tens_of_ms_and_fails_op
         assert [status for status, _ in results] == [202] * 8  # failed open: every event logged
         assert max(elapsed for _, elapsed in results) < 1.0  # bounded, not Redis's 5 s default
         assert len(records.all()) == 8
-    finally:
-        stop.set()
-        acceptor.join()
-        for conn in held:
-            conn.close()
-        server.close()

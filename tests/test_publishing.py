@@ -23,6 +23,7 @@ from flask_eventlib import BaseEvent, EventLib, flush, log, signals
 from flask_eventlib.publishing import Sender
 from flask_eventlib.spool import Spool
 from tests.conftest import REDIS_URL, ROOT, Records, wait_for
+from tests.faults import BROKEN_SQLITE, corrupt_sqlite_file, silent_server
 from tests.sample import create_app
 
 
@@ -249,27 +250,9 @@ def test_a_redis_that_stops_answering_sends_events_to_the_spool_not_into_a_hang(
     tmp_path: Path, records: Records
 ) -> None:
     # A "broker" that accepts connections and reads, but never answers (a network blackhole).
-    import socket
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
+    with silent_server() as port:
         app = create_app(
-            EVENTLIB_BROKER_URL=f"redis://127.0.0.1:{server.getsockname()[1]}/0",
+            EVENTLIB_BROKER_URL=f"redis://127.0.0.1:{port}/0",
             EVENTLIB_PUBLISH_TIMEOUT=0.5,
             EVENTLIB_STORE_URL="memory://",
             EVENTLIB_SPOOL_PATH=str(tmp_path / "spool.sqlite3"),
@@ -280,29 +263,9 @@ def test_a_redis_that_stops_answering_sends_events_to_the_spool_not_into_a_hang(
                 log("deals.DealClick", {"deal_id": n})
             assert flush(timeout=10), "the sender hung on a broker that does not answer"
         assert Spool(str(tmp_path / "spool.sqlite3")).pending() == 5
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
 
 
 # -- a spool that cannot be used must not stop delivery (issue 16, item 1) ----------------------
-
-
-def _corrupt_file(tmp_path: Path) -> str:
-    path = tmp_path / "spool.sqlite3"
-    path.write_bytes(b"this is not a SQLite database\n" * 200)
-    return str(path)
-
-
-def _folder_that_cannot_be_made(tmp_path: Path) -> str:
-    (tmp_path / "a-file").write_text("")
-    return str(tmp_path / "a-file" / "spool" / "spool.sqlite3")  # its parent is a file
-
-
-BROKEN_SPOOLS = {"corrupt file": _corrupt_file, "folder cannot be made": _folder_that_cannot_be_made}
 
 
 def test_a_spool_that_cannot_be_opened_does_not_stop_delivery_to_a_healthy_broker(
@@ -314,7 +277,7 @@ def test_a_spool_that_cannot_be_opened_does_not_stop_delivery_to_a_healthy_broke
     def on_failed(sender: object, path: str, error: Exception) -> None:
         failures.append(path)
 
-    path = _corrupt_file(tmp_path)  # found at start-up: the sender reads what an earlier process left
+    path = corrupt_sqlite_file(tmp_path)  # found at start-up: the sender reads what an earlier process left
     signals.spool_failed.connect(on_failed)
     try:
         with caplog.at_level(logging.DEBUG, logger="flask_eventlib"):
@@ -331,7 +294,7 @@ def test_a_spool_that_cannot_be_opened_does_not_stop_delivery_to_a_healthy_broke
     assert len(errors) == 1 and path in errors[0].getMessage()
 
 
-@pytest.mark.parametrize("broken", BROKEN_SPOOLS.values(), ids=BROKEN_SPOOLS.keys())
+@pytest.mark.parametrize("broken", BROKEN_SQLITE.values(), ids=BROKEN_SQLITE.keys())
 def test_with_a_broken_spool_and_the_broker_down_events_wait_in_memory_and_are_sent_later(
     broken: Callable[[Path], str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -390,7 +353,7 @@ def test_an_app_whose_spool_is_corrupt_still_delivers_every_event(
         EVENTLIB_BROKER_URL=REDIS_URL,
         EVENTLIB_QUEUE=queue,
         SAMPLE_RECORD_KEY=records.key,
-        EVENTLIB_SPOOL_PATH=_corrupt_file(tmp_path),
+        EVENTLIB_SPOOL_PATH=corrupt_sqlite_file(tmp_path),
     )
     try:
         with app.app_context():

@@ -24,6 +24,7 @@ from flask_eventlib.spool import Spool, SpoolError
 from flask_eventlib.sqlite import SQLiteFile, SQLiteFileError
 from flask_eventlib.store import DeadLetter, SQLiteStore
 from tests.conftest import wait_for
+from tests.faults import BROKEN_SQLITE
 
 
 class Through:
@@ -276,18 +277,7 @@ def test_threads_writing_through_one_object_keep_every_row(through: type[Through
     user.close()
 
 
-def _corrupt_file(tmp_path: Path) -> str:
-    path = tmp_path / "file.sqlite3"
-    path.write_bytes(b"this is not a SQLite database\n" * 200)
-    return str(path)
-
-
-def _folder_that_cannot_be_made(tmp_path: Path) -> str:
-    (tmp_path / "a-file").write_text("")
-    return str(tmp_path / "a-file" / "data" / "file.sqlite3")  # its parent is a file
-
-
-BROKEN = {"corrupt file": _corrupt_file, "folder cannot be made": _folder_that_cannot_be_made}
+BROKEN = BROKEN_SQLITE
 
 
 @pytest.mark.parametrize("broken", BROKEN.values(), ids=BROKEN.keys())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flask_eventlib.supervise import Backoff, Supervisor, describe_status
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, alive, wait_for
 
 #: Run number ``n`` (from 1) of this child exits with ``STATUSES[n - 1]``, the last one forever after.
 CHILD = """
@@ -102,17 +102,7 @@ def test_a_dead_childs_leftover_processes_are_killed(tmp_path: Path) -> None:
     command = [sys.executable, "-c", LEFTOVER, str(tmp_path / "runs"), str(pid_file)]
     assert Supervisor(command, backoff=Backoff(first=0.01)).run() == 0
     leftover = int(pid_file.read_text())
-    wait_for(lambda: not _alive(leftover), timeout=10, what=f"the leftover process {leftover} to be gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead too: it waits for its new parent (init) to reap it.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    wait_for(lambda: not alive(leftover), timeout=10, what=f"the leftover process {leftover} to be gone")
 
 
 SUPERVISOR = """

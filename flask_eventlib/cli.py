@@ -8,6 +8,7 @@ The commands are added to every app ``EventLib`` is initialised on::
     flask --app shop.app eventlib types > events.d.ts
     flask --app shop.app eventlib check               # exits 1 when something is wrong
     flask --app shop.worker eventlib worker           # a Celery worker for this app's events
+    flask --app shop.worker eventlib worker --restart # ... started again whenever it dies
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 
 from . import checks
 from .events import BaseEvent
@@ -47,11 +50,45 @@ def _problems() -> list[str]:
 
 
 @eventlib_cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Run the worker as a child process and start a new one whenever it dies (not after SIGTERM or "
+    "SIGINT, which it passes on for a graceful stop), waiting 1 s, then twice as long each time, up to 30 s.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, restart: bool) -> None:
     """Start a Celery worker that processes this app's events (extra options go to Celery)."""
     state = _state()
+    if restart:
+        raise click.exceptions.Exit(_supervise_worker(ctx))
     state.celery.worker_main(["worker", "-Q", state.queue, *ctx.args])
+
+
+def _supervise_worker(ctx: click.Context) -> int:
+    """Run ``flask eventlib worker`` (without ``--restart``) under a :class:`~.supervise.Supervisor`."""
+    from .supervise import Supervisor
+
+    info = ctx.find_object(ScriptInfo)
+    app_path = info.app_import_path if info is not None else None
+    if app_path is None and info is not None and info.create_app is not None:
+        # A custom FlaskGroup builds the app in a way `python -m flask` cannot repeat in the child.
+        raise click.UsageError("--restart needs to know how to load the app: name it with --app or FLASK_APP.")
+    # The child loads the app as this process did: by --app, or FLASK_APP and the .env files
+    # (already in the environment it inherits), or from app.py / wsgi.py in the same folder.
+    command = [sys.executable, "-m", "flask", *(["--app", app_path] if app_path else []), "eventlib", "worker"]
+    _log_to_stderr(logging.getLogger("flask_eventlib.supervise"))
+    return Supervisor([*command, *ctx.args], name="the worker").run()
+
+
+def _log_to_stderr(logger: logging.Logger) -> None:
+    """Show the supervisor's INFO lines (each worker's pid), unless the app configured logging itself."""
+    if logger.hasHandlers():
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/Supervisor] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 @eventlib_cli.command("events")

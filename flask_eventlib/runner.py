@@ -5,11 +5,11 @@ eager publisher, or a test) hands it encoded messages, inside whatever context t
 
 A handler that kills its worker (an OOM kill, a segfault) raises nothing to catch: the broker
 redelivers the message, and the handler would kill the next worker too. So the store counts
-starts that never finish. Each delivery counts, with the dedup read, that it began each event,
-and forgets the count when the event's handlers are done, with the dedup write: the usual path
-costs no extra round trip. A delivery that finds an event begun and never finished runs that
-event's handlers one at a time, counting each handler's start, and dead-letters a handler whose
-worker already died ``retries + 1`` times while running it, instead of running it again.
+starts that never finish. Each delivery counts that it began the message, with the dedup read,
+and forgets it with the last event's dedup write: the usual path costs no extra round trip. A
+delivery that finds the message begun and never finished runs the handlers not yet done one at a
+time, counting each handler's start, and dead-letters a handler whose worker already died
+``retries + 1`` times while running it, instead of running it again.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import random
 import time
@@ -31,7 +32,7 @@ from .exceptions import DontRetry, EventlibError
 from .handlers import policy_of
 from .registry import Registry
 from .serialization import Codec
-from .store import WHOLE_EVENT, Begun, DeadLetter, RunKey, Store
+from .store import DELIVERY, Begun, DeadLetter, RunKey, Store
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -76,7 +77,7 @@ class Runner:
     dedup_ttl: float = 0.0
     signal_sender: Any = None
     starts_ttl: float = 86_400.0
-    #: Without dedup, the start counts of finished messages, forgotten with the next begin.
+    #: Without dedup, the delivery counts of finished messages, forgotten with the next begin.
     _finished: collections.deque[RunKey] = dataclasses.field(
         default_factory=collections.deque, init=False, repr=False, compare=False
     )
@@ -109,8 +110,8 @@ class Runner:
         the ``flask_eventlib`` logger, retried alone later (or at once without ``schedule_retry``),
         and dead-lettered after its last attempt; the next handler runs meanwhile. Handlers that
         already succeeded for an event id (within ``dedup_ttl``) are skipped. A message that
-        cannot be decoded is logged and dead-lettered alone; the others are still processed. An
-        event that an earlier delivery began and never finished (its worker died) has its
+        cannot be decoded is logged and dead-lettered alone; the others are still processed. When
+        an earlier delivery of the same messages began and never finished (its worker died), the
         handlers run one at a time, each start counted, and a handler whose worker died
         ``retries + 1`` times while running it is dead-lettered (:class:`WorkerDied`).
 
@@ -124,23 +125,24 @@ class Runner:
             except Exception as exc:
                 self._undecodable(message, exc)
                 first_error = first_error or exc
-        keys = [(eid, WHOLE_EVENT) for eid in dict.fromkeys(event.id or "" for _, event in decoded)]
-        begun = self._begin(keys, done=bool(self.dedup_ttl), forget=self._take_finished())
+        event_ids = list(dict.fromkeys(event.id or "" for _, event in decoded))
+        # One count for the whole message: a redelivery after a death needs care only for the
+        # events not done yet, and the dedup marks already tell which those are.
+        keys = [(message_key(event_ids), DELIVERY)] if event_ids else []
+        begun = self._begin(keys, done=event_ids if self.dedup_ttl else [], forget=self._take_finished())
+        died = begun.unfinished.get(keys[0], 0) if keys else 0
+        if died:
+            logger.warning(
+                "A message of %s was left unfinished by %s (a worker died): running the handlers not "
+                "yet done one at a time, counting each start",
+                _count(len(event_ids), "event"),
+                _count(died, "earlier delivery", "earlier deliveries"),
+                extra={"event_ids": event_ids},
+            )
         results: list[HandlerResult] = []
-        for message, event in decoded:
+        for position, (message, event) in enumerate(decoded, 1):
             event_id = event.id or ""
             skip = begun.done.setdefault(event_id, set())
-            # Counted at most once per delivery, however often the event is in the message.
-            died = begun.unfinished.pop((event_id, WHOLE_EVENT), 0)
-            if died:
-                logger.warning(
-                    "Event %s (id %s) was left unfinished by %s (a worker died, in this event or one "
-                    "before it in the message): running its handlers one at a time, counting each start",
-                    event.name,
-                    event_id,
-                    _count(died, "earlier delivery", "earlier deliveries"),
-                    extra={"event_name": event.name, "event_id": event_id},
-                )
             succeeded: list[str] = []
             for label, call in event._handler_calls():
                 if label in skip:
@@ -157,14 +159,15 @@ class Runner:
                 # A retried or dead-lettered handler is not run again for a duplicate either.
                 skip.add(label)
             if self.dedup_ttl:
-                # Per event, so a worker killed mid-message re-runs as little as possible, and
-                # with the dedup write, so forgetting the event's start costs no round trip.
-                self._finish([(event_id, WHOLE_EVENT)], {event_id: succeeded})
+                # Marked per event, so a worker killed mid-message re-runs as little as possible;
+                # the last event's write also forgets the message's count (a round trip of its
+                # own only when that event has no handler to mark).
+                self._finish(keys if position == len(decoded) else [], {event_id: succeeded})
         if not self.dedup_ttl and self.store is not None:
-            # Without dedup there is no write to ride on, and the counts need not go before the
-            # acknowledgement: a redelivery runs every handler again anyway. So they go with this
-            # process's next begin, in its round trip; only a duplicate could read them first, and
-            # it would run its handlers one at a time.
+            # Without dedup there is no write to ride on, and the count need not go before the
+            # acknowledgement: a redelivery runs every handler again anyway. So it goes with this
+            # process's next begin, in its round trip; only a duplicate of the message could read
+            # it first, and it would run its handlers one at a time.
             self._finished.extend(keys)
         if propagate and first_error is not None:
             raise first_error
@@ -181,7 +184,7 @@ class Runner:
         event = self.decode(message)
         event_id = event.id or ""
         key = (event_id, handler)
-        begun = self._begin([key], done=bool(self.dedup_ttl))
+        begun = self._begin([key], done=[event_id] if self.dedup_ttl else [])
         if handler in begun.done.get(event_id, set()):
             self._finish([key], {})
             return None
@@ -369,11 +372,11 @@ class Runner:
         logger.error("Cannot process an event message: %s", error, exc_info=True)
         self._dead_letter(str(message), None, "", 1, error, traceback.format_exc(), time.time())
 
-    def _begin(self, keys: list[RunKey], *, done: bool = False, forget: list[RunKey] | None = None) -> Begun:
-        if self.store is None or not (keys or forget):
+    def _begin(self, keys: list[RunKey], *, done: list[str] | None = None, forget: list[RunKey] | None = None) -> Begun:
+        if self.store is None or not (keys or done or forget):
             return Begun({}, {})
         try:
-            return self.store.begin(keys, self.starts_ttl, done=done, forget=forget or ())
+            return self.store.begin(keys, self.starts_ttl, done=done or (), forget=forget or ())
         except Exception:
             logger.exception("Cannot count the starts of handlers, nor read which ones already ran; running them all")
             return Begun({}, {})
@@ -387,7 +390,7 @@ class Runner:
         return taken
 
     def _finish(self, keys: list[RunKey], marks: dict[str, list[str]]) -> None:
-        if self.store is None or not keys:
+        if self.store is None or not (keys or (self.dedup_ttl and any(marks.values()))):
             return
         try:
             self.store.finish(keys, marks, self.dedup_ttl)
@@ -424,6 +427,12 @@ class HandlerResult:
     def __repr__(self) -> str:
         state = "ok" if self.error is None else f"failed: {self.error!r}"
         return f"<HandlerResult {self.event.name} {self.handler} attempt {self.attempt} {state}>"
+
+
+def message_key(event_ids: Iterable[str]) -> str:
+    """The key the store counts a message's deliveries under: the same for each redelivery."""
+    digest = hashlib.blake2b("\n".join(event_ids).encode(), digest_size=16).hexdigest()
+    return f"message:{digest}"
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

@@ -43,18 +43,18 @@ class DeadLetter:
         return cls(**json.loads(text))
 
 
-#: What a start count is kept for: ``(event_id, handler)``; the handler :data:`WHOLE_EVENT`
-#: stands for a delivery's run of every handler of the event.
+#: What a start count is kept for: ``(event_id, handler)`` counts one handler's starts for one
+#: event; ``(message_key, DELIVERY)`` counts the deliveries that began a whole message.
 RunKey = tuple[str, str]
-#: The handler name of a :data:`RunKey` that counts runs of a whole event.
-WHOLE_EVENT = ""
+#: The handler name of a :data:`RunKey` that counts deliveries of a whole message.
+DELIVERY = ""
 
 
 @dataclass
 class Begun:
     """What :meth:`Store.begin` found left by earlier deliveries."""
 
-    #: For each event id asked about, the handlers that already succeeded (when asked for).
+    #: For each event id asked about, the handlers that already succeeded.
     done: dict[str, set[str]]
     #: For each key, the earlier starts that never finished: a worker died while running them
     #: (or, rarely, is still running them).
@@ -69,10 +69,12 @@ class Store(ABC):
     """
 
     @abstractmethod
-    def begin(self, keys: Iterable[RunKey], ttl: float, *, done: bool = False, forget: Iterable[RunKey] = ()) -> Begun:
+    def begin(
+        self, keys: Iterable[RunKey], ttl: float, *, done: Iterable[str] = (), forget: Iterable[RunKey] = ()
+    ) -> Begun:
         """Count one start of each key, remembered ``ttl`` seconds; read what earlier ones left.
 
-        :param done: also read the handlers that already succeeded for the keys' event ids.
+        :param done: event ids whose dedup marks to read too: the handlers that already succeeded.
         :param forget: keys whose starts finished, forgotten first, as :meth:`finish` does: a
             finish that can wait rides on the next begin instead of costing a round trip.
         """
@@ -116,7 +118,9 @@ class MemoryStore(Store):
         self._dead: dict[str, DeadLetter] = {}
         self._lock = threading.Lock()
 
-    def begin(self, keys: Iterable[RunKey], ttl: float, *, done: bool = False, forget: Iterable[RunKey] = ()) -> Begun:
+    def begin(
+        self, keys: Iterable[RunKey], ttl: float, *, done: Iterable[str] = (), forget: Iterable[RunKey] = ()
+    ) -> Begun:
         keys = list(dict.fromkeys(keys))
         now = time.time()
         unfinished: dict[RunKey, int] = {}
@@ -127,8 +131,7 @@ class MemoryStore(Store):
                 expires, count = self._starts.get(run, (0.0, 0))
                 unfinished[run] = count if expires > now else 0
                 self._starts[run] = (now + ttl, unfinished[run] + 1)
-        found = self.completed(dict.fromkeys(eid for eid, _ in keys)) if done else {}
-        return Begun(found, unfinished)
+        return Begun(self.completed(dict.fromkeys(done)), unfinished)
 
     def finish(self, keys: Iterable[RunKey], marks: Mapping[str, Iterable[str]], ttl: float) -> None:
         with self._lock:
@@ -174,9 +177,12 @@ class RedisStore(Store):
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
 
-    def begin(self, keys: Iterable[RunKey], ttl: float, *, done: bool = False, forget: Iterable[RunKey] = ()) -> Begun:
+    def begin(
+        self, keys: Iterable[RunKey], ttl: float, *, done: Iterable[str] = (), forget: Iterable[RunKey] = ()
+    ) -> Begun:
         keys = list(dict.fromkeys(keys))
         ids = list(dict.fromkeys(eid for eid, _ in keys))
+        read = list(dict.fromkeys(done))
         pipe = self.client.pipeline(transaction=False)
         forgotten = 0
         for eid, handler in forget:
@@ -186,12 +192,11 @@ class RedisStore(Store):
             pipe.hincrby(f"{self.prefix}starts:{eid}", handler, 1)
         for eid in ids:
             pipe.expire(f"{self.prefix}starts:{eid}", max(1, int(ttl)))
-        if done:
-            for eid in ids:
-                pipe.smembers(f"{self.prefix}done:{eid}")
+        for eid in read:
+            pipe.smembers(f"{self.prefix}done:{eid}")
         replies = pipe.execute()[forgotten:]
         counts, members = replies[: len(keys)], replies[len(keys) + len(ids) :]
-        found = {eid: {h.decode() for h in handlers} for eid, handlers in zip(ids, members, strict=bool(done))}
+        found = {eid: {h.decode() for h in handlers} for eid, handlers in zip(read, members, strict=True)}
         return Begun(found, {run: int(count) - 1 for run, count in zip(keys, counts, strict=True)})
 
     def finish(self, keys: Iterable[RunKey], marks: Mapping[str, Iterable[str]], ttl: float) -> None:
@@ -262,14 +267,16 @@ class SQLiteStore(Store):
         self.path = path
         self._file = SQLiteFile(path, _SQLITE_SCHEMA, name="store")
 
-    def begin(self, keys: Iterable[RunKey], ttl: float, *, done: bool = False, forget: Iterable[RunKey] = ()) -> Begun:
+    def begin(
+        self, keys: Iterable[RunKey], ttl: float, *, done: Iterable[str] = (), forget: Iterable[RunKey] = ()
+    ) -> Begun:
         keys = list(dict.fromkeys(keys))
         ids = list(dict.fromkeys(eid for eid, _ in keys))
         forget = list(forget)
         if not keys:
             if forget:
                 self.finish(forget, {}, 0)
-            return Begun({}, {})
+            return Begun(self.completed(dict.fromkeys(done)), {})
         now = time.time()
         marks = ",".join("?" * len(ids))
         with self._file.transaction():
@@ -281,7 +288,7 @@ class SQLiteStore(Store):
                 [(eid, handler, now + ttl, now) for eid, handler in keys],
             )
             rows = self._file.execute(f"SELECT event_id, handler, count FROM starts WHERE event_id IN ({marks})", ids)
-            found = self.completed(ids) if done else {}
+            found = self.completed(dict.fromkeys(done))
         counts = {(eid, handler): count for eid, handler, count in rows}
         return Begun(found, {run: counts[run] - 1 for run in keys})
 

@@ -16,9 +16,9 @@ from flask_eventlib.dispatch import Dispatcher
 from flask_eventlib.envelope import FORMAT_VERSION, Envelope, decode, encode
 from flask_eventlib.publishers import Capture, Eager, RequestBuffer, Router
 from flask_eventlib.registry import Registry
-from flask_eventlib.runner import Runner
+from flask_eventlib.runner import Runner, message_key
 from flask_eventlib.serialization import register_builtins
-from flask_eventlib.store import WHOLE_EVENT, MemoryStore
+from flask_eventlib.store import DELIVERY, MemoryStore
 
 ran: list[str] = []
 
@@ -219,7 +219,7 @@ def test_a_handler_that_kills_its_worker_is_dead_lettered_after_its_attempts_and
     # nothing is left counted for a later delivery.
     dispatcher.log("users.Signup", {"plan": "next"})
     runner.process(messages[-1:])
-    keys = [(eid, WHOLE_EVENT) for eid in ids] + [(ids[2], letter.handler)]
+    keys = [(message_key(ids), DELIVERY), (ids[2], letter.handler)]
     assert set(store.begin(keys, 60).unfinished.values()) == {0}
 
 

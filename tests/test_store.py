@@ -12,7 +12,7 @@ import redis
 
 from flask_eventlib import ConfigurationError
 from flask_eventlib.store import (
-    WHOLE_EVENT,
+    DELIVERY,
     Begun,
     DeadLetter,
     MemoryStore,
@@ -64,25 +64,25 @@ def test_completed_marks_are_remembered_per_event_and_expire(store: Store) -> No
 
 
 def test_starts_are_counted_until_finished_read_with_the_dedup_marks_and_expire(store: Store) -> None:
-    keys = [("a", WHOLE_EVENT), ("a", "h"), ("b", WHOLE_EVENT)]
-    begun = store.begin(keys, ttl=60, done=True)
+    keys = [("m1", DELIVERY), ("a", "h"), ("m2", DELIVERY)]
+    begun = store.begin(keys, ttl=60, done=["a", "b"])
     assert begun.unfinished == dict.fromkeys(keys, 0) and begun.done == {"a": set(), "b": set()}
-    # A key twice in one call counts once; without done=True no marks are read.
-    assert store.begin([("a", WHOLE_EVENT), ("a", WHOLE_EVENT)], ttl=60).unfinished == {("a", WHOLE_EVENT): 1}
-    assert store.begin([("a", WHOLE_EVENT)], ttl=60).done == {}
-    store.finish([("a", WHOLE_EVENT), ("b", WHOLE_EVENT)], {"a": ["h1"], "b": []}, ttl=60)
-    begun = store.begin(keys, ttl=1, done=True)
-    assert begun.unfinished == {("a", WHOLE_EVENT): 0, ("a", "h"): 1, ("b", WHOLE_EVENT): 0}
-    assert begun.done == {"a": {"h1"}, "b": set()}
-    store.finish([("b", WHOLE_EVENT)], {"b": ["h2"]}, ttl=0)  # dedup off: the count goes, nothing is marked
+    # A key twice in one call counts once; marks are read only for the event ids given.
+    assert store.begin([("m1", DELIVERY), ("m1", DELIVERY)], ttl=60).unfinished == {("m1", DELIVERY): 1}
+    assert store.begin([("m1", DELIVERY)], ttl=60).done == {}
+    store.finish([("m1", DELIVERY), ("m2", DELIVERY)], {"a": ["h1", "h4"], "b": []}, ttl=60)
+    begun = store.begin(keys, ttl=1, done=["a", "b"])
+    assert begun.unfinished == {("m1", DELIVERY): 0, ("a", "h"): 1, ("m2", DELIVERY): 0}
+    assert begun.done == {"a": {"h1", "h4"}, "b": set()}
+    store.finish([("m2", DELIVERY)], {"b": ["h2"]}, ttl=0)  # dedup off: the count goes, nothing is marked
     assert store.completed(["b"]) == {"b": set()}
-    if isinstance(store, RedisStore):  # a finished event leaves no key behind
-        assert not store.client.exists(f"{store.prefix}starts:b")
+    if isinstance(store, RedisStore):  # a finished message leaves no key behind
+        assert not store.client.exists(f"{store.prefix}starts:m2")
     # A finish can ride on the next begin: what it forgets goes first, in the same round trip.
-    store.begin([("b", WHOLE_EVENT)], ttl=60)
-    assert store.begin([("b", WHOLE_EVENT)], ttl=60, forget=[("b", WHOLE_EVENT)]).unfinished == {("b", WHOLE_EVENT): 0}
-    assert store.begin([], ttl=60, forget=[("b", WHOLE_EVENT)]) == Begun({}, {})
-    assert store.begin([("b", WHOLE_EVENT)], ttl=60).unfinished == {("b", WHOLE_EVENT): 0}
+    store.begin([("m2", DELIVERY)], ttl=60)
+    assert store.begin([("m2", DELIVERY)], ttl=60, forget=[("m2", DELIVERY)]).unfinished == {("m2", DELIVERY): 0}
+    assert store.begin([], ttl=60, forget=[("m2", DELIVERY)], done=["a"]) == Begun({"a": {"h1", "h4"}}, {})
+    assert store.begin([("m2", DELIVERY)], ttl=60).unfinished == {("m2", DELIVERY): 0}
     # Polled less often than the ttl, so each look (itself a start) has expired by the next.
     wait_for(
         lambda: store.begin([("a", "h")], ttl=1).unfinished == {("a", "h"): 0},

@@ -2,12 +2,23 @@
 
 A :class:`Runner` is one app's; it needs no Flask app, broker or Celery: the Celery task (or the
 eager publisher, or a test) hands it encoded messages, inside whatever context the caller sets up.
+
+A handler that kills its worker (an OOM kill, a segfault) raises nothing to catch: the broker
+redelivers the message, and the handler would kill the next worker too. So the store counts
+starts that never finish. Each delivery counts that it began the message, with the dedup read,
+and forgets it with the last event's dedup write: the usual path costs no extra round trip. A
+delivery that finds the message begun and never finished runs the handlers not yet done one at a
+time, counting each handler's start, and dead-letters a handler whose worker already died
+``retries + 1`` times while running it, instead of running it again.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import random
 import time
@@ -17,16 +28,24 @@ from typing import Any
 
 from . import envelope, signals
 from .events import BaseEvent
-from .exceptions import DontRetry
+from .exceptions import DontRetry, EventlibError
 from .handlers import policy_of
 from .registry import Registry
 from .serialization import Codec
-from .store import DeadLetter, Store
+from .store import DELIVERY, Begun, DeadLetter, RunKey, Store
 
 logger = logging.getLogger("flask_eventlib")
 
 #: ``(message, handler, attempt, first_failed_at, delay)``: run one handler again later.
 ScheduleRetry = Callable[[str, str, int, "float | None", float], None]
+
+
+class WorkerDied(EventlibError):
+    """What a dead letter records for a handler whose worker process died each time it ran it.
+
+    Never raised: the worker that would catch it is dead. The handler's event is in the dead
+    letter; fix the handler (its memory use, a crashing C extension), then replay it.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +63,8 @@ class Runner:
     :param dedup_ttl: seconds during which a handler that succeeded for an event id is not run
         again for the same id; 0 turns dedup off.
     :param signal_sender: the sender of the signals it sends (the Flask app).
+    :param starts_ttl: seconds a start that never finished is remembered in the store: longer
+        than the broker takes to redeliver a dead worker's message.
     """
 
     registry: Registry
@@ -55,6 +76,11 @@ class Runner:
     backoff_max: float = 300.0
     dedup_ttl: float = 0.0
     signal_sender: Any = None
+    starts_ttl: float = 86_400.0
+    #: Without dedup, the delivery counts of finished messages, forgotten with the next begin.
+    _finished: collections.deque[RunKey] = dataclasses.field(
+        default_factory=collections.deque, init=False, repr=False, compare=False
+    )
 
     def inline(self) -> Runner:
         """This runner with retries run at once, in the caller, instead of sent to the workers."""
@@ -84,7 +110,10 @@ class Runner:
         the ``flask_eventlib`` logger, retried alone later (or at once without ``schedule_retry``),
         and dead-lettered after its last attempt; the next handler runs meanwhile. Handlers that
         already succeeded for an event id (within ``dedup_ttl``) are skipped. A message that
-        cannot be decoded is logged and dead-lettered alone; the others are still processed.
+        cannot be decoded is logged and dead-lettered alone; the others are still processed. When
+        an earlier delivery of the same messages began and never finished (its worker died), the
+        handlers run one at a time, each start counted, and a handler whose worker died
+        ``retries + 1`` times while running it is dead-lettered (:class:`WorkerDied`).
 
         :param propagate: re-raise the first error once every handler of every message has run.
         """
@@ -96,16 +125,32 @@ class Runner:
             except Exception as exc:
                 self._undecodable(message, exc)
                 first_error = first_error or exc
-        done = self._completed([event.id or "" for _, event in decoded])
+        event_ids = list(dict.fromkeys(event.id or "" for _, event in decoded))
+        # One count for the whole message: a redelivery after a death needs care only for the
+        # events not done yet, and the dedup marks already tell which those are.
+        keys = [(message_key(event_ids), DELIVERY)] if event_ids else []
+        begun = self._begin(keys, done=event_ids if self.dedup_ttl else [], forget=self._take_finished())
+        died = begun.unfinished.get(keys[0], 0) if keys else 0
+        if died:
+            logger.warning(
+                "A message of %s was left unfinished by %s (a worker died): running the handlers not "
+                "yet done one at a time, counting each start",
+                _count(len(event_ids), "event"),
+                _count(died, "earlier delivery", "earlier deliveries"),
+                extra={"event_ids": event_ids},
+            )
         results: list[HandlerResult] = []
-        for message, event in decoded:
+        for position, (message, event) in enumerate(decoded, 1):
             event_id = event.id or ""
-            skip = done.setdefault(event_id, set())
+            skip = begun.done.setdefault(event_id, set())
             succeeded: list[str] = []
             for label, call in event._handler_calls():
                 if label in skip:
                     continue
-                result = self._attempt(message, event, label, call, 1, None)
+                if died:
+                    result = self._counted_attempt(message, event, label, call, 1, None)
+                else:
+                    result = self._attempt(message, event, label, call, 1, None)
                 results.append(result)
                 if result.error is None:
                     succeeded.append(label)
@@ -113,8 +158,17 @@ class Runner:
                     first_error = first_error or result.error
                 # A retried or dead-lettered handler is not run again for a duplicate either.
                 skip.add(label)
-            # Marked per event, so a worker killed mid-message re-runs as little as possible.
-            self._mark_completed({event_id: succeeded})
+            if self.dedup_ttl:
+                # Marked per event, so a worker killed mid-message re-runs as little as possible;
+                # the last event's write also forgets the message's count (a round trip of its
+                # own only when that event has no handler to mark).
+                self._finish(keys if position == len(decoded) else [], {event_id: succeeded})
+        if not self.dedup_ttl and self.store is not None:
+            # Without dedup there is no write to ride on, and the count need not go before the
+            # acknowledgement: a redelivery runs every handler again anyway. So it goes with this
+            # process's next begin, in its round trip; only a duplicate of the message could read
+            # it first, and it would run its handlers one at a time.
+            self._finished.extend(keys)
         if propagate and first_error is not None:
             raise first_error
         return results
@@ -122,16 +176,23 @@ class Runner:
     def process_retry(
         self, message: str, handler: str, attempt: int, first_failed_at: float | None
     ) -> HandlerResult | None:
-        """Run one handler of an encoded event again (a retry or a replay); ``None`` if already done."""
+        """Run one handler of an encoded event again (a retry or a replay); ``None`` if already done.
+
+        Its start is counted, as in a redelivered event, and a handler whose worker died
+        ``retries + 1`` times while retrying it is dead-lettered (:class:`WorkerDied`).
+        """
         event = self.decode(message)
-        if handler in self._completed([event.id or ""]).get(event.id or "", set()):
+        event_id = event.id or ""
+        key = (event_id, handler)
+        begun = self._begin([key], done=[event_id] if self.dedup_ttl else [])
+        if handler in begun.done.get(event_id, set()):
+            self._finish([key], {})
             return None
         for label, call in event._handler_calls():
             if label == handler:
-                result = self._attempt(message, event, label, call, attempt, first_failed_at)
-                if result.error is None:
-                    self._mark_completed({event.id or "": [label]})
-                return result
+                died = begun.unfinished.get(key, 0)
+                return self._counted_attempt(message, event, label, call, attempt, first_failed_at, died=died)
+        self._finish([key], {})
         error = LookupError(f"The event {event.name} has no handler {handler} any more")
         self._dead_letter(message, event, handler, attempt, error, "", first_failed_at or time.time())
         return HandlerResult(event, handler, error, attempt=attempt, dead_lettered=True)
@@ -142,6 +203,60 @@ class Runner:
             self.process_retry(letter.message, letter.handler, 1, None)
         else:
             self.schedule_retry(letter.message, letter.handler, 1, None, 0.0)
+
+    def _counted_attempt(
+        self,
+        message: str,
+        event: BaseEvent,
+        label: str,
+        call: Callable[[], Any],
+        attempt: int,
+        first_failed_at: float | None,
+        *,
+        died: int | None = None,
+    ) -> HandlerResult:
+        """:meth:`_attempt`, its start counted in the store first and forgotten once it returns.
+
+        :param died: the earlier starts that never finished, when the caller already counted
+            this start; otherwise it is counted here (a round trip).
+        """
+        event_id = event.id or ""
+        key = (event_id, label)
+        if died is None:
+            died = self._begin([key]).unfinished.get(key, 0)
+        budget = self._retries(call) + 1
+        if died >= budget:
+            error = WorkerDied(
+                f"Handler {label} for event {event.name} (id {event_id}) is not run again: the worker died "
+                f"{_count(died, 'time')} while running it. Fix the handler (its memory use, a crashing "
+                "extension), then replay this dead letter"
+            )
+            logger.error(
+                "Handler %s for event %s (id %s) killed its worker %s: dead-lettered without running it again",
+                label,
+                event.name,
+                event_id,
+                _count(died, "time"),
+                extra={"event_name": event.name, "event_id": event_id, "handler": label, "attempt": attempt},
+            )
+            # The dead letter first: dying in between leaves a duplicate dead letter, not a loop.
+            self._dead_letter(message, event, label, died, error, "", first_failed_at or time.time())
+            self._finish([key], {})
+            return HandlerResult(event, label, error, attempt=attempt, dead_lettered=True)
+        if died:
+            logger.error(
+                "Handler %s for event %s (id %s): the worker died %s while running it; start %d of %d",
+                label,
+                event.name,
+                event_id,
+                _count(died, "time"),
+                died + 1,
+                budget,
+                extra={"event_name": event.name, "event_id": event_id, "handler": label, "attempt": attempt},
+            )
+        result = self._attempt(message, event, label, call, attempt, first_failed_at)
+        self._finish([key], {event_id: [label]} if result.error is None else {})
+        return result
 
     def _attempt(
         self,
@@ -154,7 +269,7 @@ class Runner:
     ) -> HandlerResult:
         """Run one handler; on failure log it and retry it (inline or later) or dead-letter it."""
         policy = policy_of(_target(call))
-        retries = policy.retries if policy and policy.retries is not None else self.retries
+        retries = self._retries(call)
         backoff = policy.backoff if policy and policy.backoff is not None else self.backoff
         sender = self.signal_sender
         while True:
@@ -200,6 +315,11 @@ class Runner:
             else:
                 signals.send(signals.handler_succeeded, sender, event=event, handler=label, attempt=attempt)
                 return HandlerResult(event, label, None, attempt=attempt)
+
+    def _retries(self, call: Callable[[], Any]) -> int:
+        """The handler's retries: its policy's, or the app's default."""
+        policy = policy_of(_target(call))
+        return policy.retries if policy and policy.retries is not None else self.retries
 
     def _delay(self, backoff: float, attempt: int) -> float:
         """Exponential backoff with jitter: half the step fixed, half random."""
@@ -252,22 +372,30 @@ class Runner:
         logger.error("Cannot process an event message: %s", error, exc_info=True)
         self._dead_letter(str(message), None, "", 1, error, traceback.format_exc(), time.time())
 
-    def _completed(self, event_ids: list[str]) -> dict[str, set[str]]:
-        if self.store is None or not self.dedup_ttl or not event_ids:
-            return {}
+    def _begin(self, keys: list[RunKey], *, done: list[str] | None = None, forget: list[RunKey] | None = None) -> Begun:
+        if self.store is None or not (keys or done or forget):
+            return Begun({}, {})
         try:
-            return self.store.completed(event_ids)
+            return self.store.begin(keys, self.starts_ttl, done=done or (), forget=forget or ())
         except Exception:
-            logger.exception("Cannot read which handlers already ran; running them all")
-            return {}
+            logger.exception("Cannot count the starts of handlers, nor read which ones already ran; running them all")
+            return Begun({}, {})
 
-    def _mark_completed(self, marks: dict[str, list[str]]) -> None:
-        if self.store is None or not self.dedup_ttl or not marks:
+    def _take_finished(self) -> list[RunKey]:
+        """Empty ``_finished``; ``popleft`` is atomic, so threads sharing the runner need no lock."""
+        taken: list[RunKey] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                taken.append(self._finished.popleft())
+        return taken
+
+    def _finish(self, keys: list[RunKey], marks: dict[str, list[str]]) -> None:
+        if self.store is None or not (keys or (self.dedup_ttl and any(marks.values()))):
             return
         try:
-            self.store.mark_completed(marks, self.dedup_ttl)
+            self.store.finish(keys, marks, self.dedup_ttl)
         except Exception:
-            logger.exception("Cannot record which handlers ran; a redelivery may run them again")
+            logger.exception("Cannot record which handlers ran; a redelivery may run them again, one at a time")
 
 
 class HandlerResult:
@@ -299,6 +427,17 @@ class HandlerResult:
     def __repr__(self) -> str:
         state = "ok" if self.error is None else f"failed: {self.error!r}"
         return f"<HandlerResult {self.event.name} {self.handler} attempt {self.attempt} {state}>"
+
+
+def message_key(event_ids: Iterable[str]) -> str:
+    """The key the store counts a message's deliveries under: the same for each redelivery."""
+    digest = hashlib.blake2b("\n".join(event_ids).encode(), digest_size=16).hexdigest()
+    return f"message:{digest}"
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``1 time``, ``2 times``: a count in words for the logs and the dead letters."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _target(call: Callable[[], Any]) -> Any:

@@ -16,9 +16,9 @@ from flask_eventlib.dispatch import Dispatcher
 from flask_eventlib.envelope import FORMAT_VERSION, Envelope, decode, encode
 from flask_eventlib.publishers import Capture, Eager, RequestBuffer, Router
 from flask_eventlib.registry import Registry
-from flask_eventlib.runner import Runner
+from flask_eventlib.runner import Runner, message_key
 from flask_eventlib.serialization import register_builtins
-from flask_eventlib.store import MemoryStore
+from flask_eventlib.store import DELIVERY, MemoryStore
 
 ran: list[str] = []
 
@@ -49,6 +49,33 @@ def fails_once(event: BaseEvent) -> None:
     ran.append("fails_once")
     if ran.count("fails_once") == 1:
         raise RuntimeError("flaky")
+
+
+class WorkerKilled(BaseException):
+    """Stands for a SIGKILL of the worker: no ``except Exception`` catches it, nothing after it runs."""
+
+
+def kills_on_poison(event: BaseEvent) -> None:
+    if event.data["plan"] == "poison":
+        ran.append("killed")
+        raise WorkerKilled
+
+
+def fails_then_kills(event: BaseEvent) -> None:
+    ran.append("attempt")
+    if ran.count("attempt") == 1:
+        raise RuntimeError("an ordinary failure: retried")
+    raise WorkerKilled
+
+
+def deliver_until_it_survives(run: Any) -> tuple[int, Any]:
+    """Call ``run`` as a broker redelivers a message whose worker died: until it returns."""
+    for delivery in range(1, 11):
+        try:
+            return delivery, run()
+        except WorkerKilled:
+            continue
+    pytest.fail("still killing its worker after 10 deliveries")
 
 
 @pytest.fixture
@@ -158,3 +185,64 @@ def test_a_bad_envelope_is_dead_lettered_alone_and_its_neighbours_run(registry: 
     assert ran == ["welcome one", f"count {first}", "welcome two", f"count {last}"]
     (letter,) = store.dead_letters()
     assert letter.handler == "" and "'id' must be a non-empty string" in letter.error
+
+
+@pytest.mark.parametrize("dedup_ttl", [60, 0], ids=["dedup", "no-dedup"])
+def test_a_handler_that_kills_its_worker_is_dead_lettered_after_its_attempts_and_its_neighbours_run(
+    registry: Registry, codec: Codec, dedup_ttl: float
+) -> None:
+    registry.add_function_handler("users.Signup", kills_on_poison)  # after welcome and count
+    messages: list[str] = []
+    dispatcher = Dispatcher(registry, codec, Router(Capture(messages.extend)))
+    ids = [dispatcher.log("users.Signup", {"plan": plan}) for plan in ["a", "b", "poison", "d", "e"]]
+    store = MemoryStore()
+    runner = Runner(registry, codec, store=store, retries=1, dedup_ttl=dedup_ttl)
+    deliveries, results = deliver_until_it_survives(lambda: runner.process(messages))  # one message
+    # The first delivery runs at full speed and cannot tell which handler died; the next ones
+    # count each start: the worker dies twice (retries=1, plus one) in kills_on_poison, then the
+    # fourth delivery dead-letters it instead of running it.
+    assert deliveries == 4 and ran.count("killed") == 3
+    (letter,) = store.dead_letters()
+    assert (letter.event_id, letter.handler, letter.attempts) == (ids[2], f"{__name__}.kills_on_poison", 2)
+    assert letter.error.startswith("WorkerDied(") and "the worker died 2 times while running it" in letter.error
+    (dead,) = [r for r in results if r.dead_lettered]
+    assert dead.handler == letter.handler and not [r for r in results if not r.ok and not r.dead_lettered]
+    # The events before the poison ran once (with dedup; without, each delivery runs them again),
+    # the two after it once, in the last delivery.
+    before = 1 if dedup_ttl else deliveries
+    for plan, event_id, times in zip(["a", "b", "d", "e"], ids[:2] + ids[3:], [before, before, 1, 1], strict=True):
+        assert ran.count(f"welcome {plan}") == times and ran.count(f"count {event_id}") == times
+    # The poison's own handlers before kills_on_poison: with dedup, the first delivery died before
+    # marking them done and the second marked each as it finished.
+    assert ran.count("welcome poison") == (2 if dedup_ttl else deliveries)
+    # Every start was finished or forgotten (without dedup, with the next message's begin):
+    # nothing is left counted for a later delivery.
+    dispatcher.log("users.Signup", {"plan": "next"})
+    runner.process(messages[-1:])
+    keys = [(message_key(ids), DELIVERY), (ids[2], letter.handler)]
+    assert set(store.begin(keys, 60).unfinished.values()) == {0}
+
+
+def test_a_retry_that_kills_its_worker_is_counted_and_ordinary_failures_are_not(
+    registry: Registry, codec: Codec
+) -> None:
+    registry.add_function_handler("users.Signup", fails_then_kills)
+    messages: list[str] = []
+    Dispatcher(registry, codec, Router(Capture(messages.extend))).log("users.Signup", {"plan": "x"})
+    scheduled: list[tuple[Any, ...]] = []
+    store = MemoryStore()
+    runner = Runner(
+        registry, codec, store=store, schedule_retry=lambda *args: scheduled.append(args), retries=2, dedup_ttl=60
+    )
+    results = runner.process(messages)
+    assert [r.retry_in is not None for r in results] == [False, False, True]  # retried as today
+    ((message, label, attempt, first_failed_at, _),) = scheduled
+    deliveries, result = deliver_until_it_survives(
+        lambda: runner.process_retry(message, label, attempt, first_failed_at)
+    )
+    # A retry counts its own start: three deaths (retries=2, plus one), then the dead letter.
+    assert deliveries == 4 and ran.count("attempt") == 4
+    assert result.dead_lettered and "the worker died 3 times" in repr(result.error)
+    (letter,) = store.dead_letters()
+    assert (letter.handler, letter.attempts, letter.first_failed_at) == (label, 3, first_failed_at)
+    assert store.begin([(letter.event_id, label)], 60).unfinished == {(letter.event_id, label): 0}

@@ -1,4 +1,4 @@
-"""The three store backends behave alike: dedup marks expire, dead letters round-trip in order."""
+"""The three store backends behave alike: dedup marks and start counts expire, dead letters round-trip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import pytest
 import redis
 
 from flask_eventlib import ConfigurationError
-from flask_eventlib.store import DeadLetter, MemoryStore, RedisStore, SQLiteStore, Store, store_from_url
+from flask_eventlib.store import (
+    DELIVERY,
+    Begun,
+    DeadLetter,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
+    Store,
+    store_from_url,
+)
 from tests.conftest import REDIS_URL, wait_for
 
 
@@ -52,6 +61,35 @@ def test_completed_marks_are_remembered_per_event_and_expire(store: Store) -> No
     store.mark_completed({"a": ["h3"]}, ttl=1)
     assert store.completed(["a", "b"]) == {"a": {"h1", "h2", "h3"}, "b": set()}
     wait_for(lambda: store.completed(["a"]) == {"a": set()}, timeout=5, interval=0.2, what="the marks to expire")
+
+
+def test_starts_are_counted_until_finished_read_with_the_dedup_marks_and_expire(store: Store) -> None:
+    keys = [("m1", DELIVERY), ("a", "h"), ("m2", DELIVERY)]
+    begun = store.begin(keys, ttl=60, done=["a", "b"])
+    assert begun.unfinished == dict.fromkeys(keys, 0) and begun.done == {"a": set(), "b": set()}
+    # A key twice in one call counts once; marks are read only for the event ids given.
+    assert store.begin([("m1", DELIVERY), ("m1", DELIVERY)], ttl=60).unfinished == {("m1", DELIVERY): 1}
+    assert store.begin([("m1", DELIVERY)], ttl=60).done == {}
+    store.finish([("m1", DELIVERY), ("m2", DELIVERY)], {"a": ["h1", "h4"], "b": []}, ttl=60)
+    begun = store.begin(keys, ttl=1, done=["a", "b"])
+    assert begun.unfinished == {("m1", DELIVERY): 0, ("a", "h"): 1, ("m2", DELIVERY): 0}
+    assert begun.done == {"a": {"h1", "h4"}, "b": set()}
+    store.finish([("m2", DELIVERY)], {"b": ["h2"]}, ttl=0)  # dedup off: the count goes, nothing is marked
+    assert store.completed(["b"]) == {"b": set()}
+    if isinstance(store, RedisStore):  # a finished message leaves no key behind
+        assert not store.client.exists(f"{store.prefix}starts:m2")
+    # A finish can ride on the next begin: what it forgets goes first, in the same round trip.
+    store.begin([("m2", DELIVERY)], ttl=60)
+    assert store.begin([("m2", DELIVERY)], ttl=60, forget=[("m2", DELIVERY)]).unfinished == {("m2", DELIVERY): 0}
+    assert store.begin([], ttl=60, forget=[("m2", DELIVERY)], done=["a"]) == Begun({"a": {"h1", "h4"}}, {})
+    assert store.begin([("m2", DELIVERY)], ttl=60).unfinished == {("m2", DELIVERY): 0}
+    # Polled less often than the ttl, so each look (itself a start) has expired by the next.
+    wait_for(
+        lambda: store.begin([("a", "h")], ttl=1).unfinished == {("a", "h"): 0},
+        timeout=6,
+        interval=1.2,
+        what="the start count to expire",
+    )
 
 
 def test_dead_letters_round_trip_oldest_first(store: Store) -> None:

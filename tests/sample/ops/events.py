@@ -1,7 +1,9 @@
-"""Events for the delivery tests: handlers that fail, recover, refuse, or take time."""
+"""Events for the delivery tests: handlers that fail, recover, refuse, take time, or kill their worker."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from flask_eventlib import BaseEvent, DontRetry, handler
@@ -53,3 +55,21 @@ class Work(BaseEvent):
     def work(self) -> None:
         time.sleep(self.data("ms", 0) / 1000)  # the handler's own work, not a wait for work
         client().hincrby(key("runs"), self.id or "", 1)
+
+
+class KillsItsWorker(BaseEvent):
+    """``kill`` kills its own worker process, as an OOM kill or a segfault does; ``before`` and
+    ``after`` count their runs. Each kill is counted under ``kills:<id>`` first."""
+
+    @handler
+    def before(self) -> None:
+        client().hincrby(key("runs"), f"{self.id}:before", 1)
+
+    @handler(retries=1)
+    def kill(self) -> None:
+        client().incr(key(f"kills:{self.id}"))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @handler
+    def after(self) -> None:
+        client().hincrby(key("runs"), f"{self.id}:after", 1)

@@ -13,6 +13,7 @@ from .exceptions import (
     EventNotPublic,
     SerializationError,
     ValidationError,
+    WorkerDied,
 )
 from .extension import EventLib, flush, log
 from .handlers import handler
@@ -39,6 +40,7 @@ __all__ = [
     "Registry",
     "SerializationError",
     "ValidationError",
+    "WorkerDied",
     "flush",
     "handler",
     "log",

@@ -53,3 +53,11 @@ class DontRetry(EventlibError):
 
     ``raise DontRetry("customer 7 was deleted") from error`` keeps the original as its cause.
     """
+
+
+class WorkerDied(EventlibError):
+    """What a dead letter records for a handler whose worker process died each time it ran it.
+
+    Never raised: the worker that would catch it is dead. The handler's event is in the dead
+    letter; fix the handler (its memory use, a crashing C extension), then replay it.
+    """

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import envelope, signals
 from .events import BaseEvent
-from .exceptions import DontRetry, EventlibError
+from .exceptions import DontRetry, WorkerDied
 from .handlers import policy_of
 from .registry import Registry
 from .serialization import Codec
@@ -38,14 +38,6 @@ logger = logging.getLogger("flask_eventlib")
 
 #: ``(message, handler, attempt, first_failed_at, delay)``: run one handler again later.
 ScheduleRetry = Callable[[str, str, int, "float | None", float], None]
-
-
-class WorkerDied(EventlibError):
-    """What a dead letter records for a handler whose worker process died each time it ran it.
-
-    Never raised: the worker that would catch it is dead. The handler's event is in the dead
-    letter; fix the handler (its memory use, a crashing C extension), then replay it.
-    """
 
 
 @dataclasses.dataclass(frozen=True)

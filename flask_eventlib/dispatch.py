@@ -90,10 +90,9 @@ class Dispatcher:
 
         :raises SerializationError: (a ``TypeError``) naming the key that cannot be serialized.
         """
-        found = envelope.Envelope(
-            event.id or new_event_id(), event.name or "", event.data, event.context, event.logged_at
+        return envelope.encode_fields(
+            self.codec, event.id or new_event_id(), event.name or "", event.data, event.context, event.logged_at
         )
-        return envelope.encode(found, self.codec)
 
     def log(
         self,

@@ -47,15 +47,27 @@ def encode(envelope: Envelope, codec: Codec) -> str:
 
     :raises SerializationError: (a ``TypeError``) naming the key that cannot be serialized.
     """
-    name = envelope.name
+    return encode_fields(codec, envelope.id, envelope.name, envelope.data, envelope.context, envelope.logged_at)
+
+
+def encode_fields(
+    codec: Codec,
+    id: str,
+    name: str,
+    data: dict[str, Any],
+    context: dict[str, Any],
+    logged_at: dt.datetime | None,
+) -> str:
+    """:func:`encode` from the fields themselves: ``log()``'s path, which has them at hand and
+    need not build an :class:`Envelope` for each event."""
     document = {
         "v": FORMAT_VERSION,
-        "id": envelope.id,
+        "id": id,
         "name": name,
-        "data": codec.encode(envelope.data, root=f"{name} data"),
-        "context": codec.encode(envelope.context, root=f"{name} context") if envelope.context else {},
+        "data": codec.encode(data, root=f"{name} data"),
+        "context": codec.encode(context, root=f"{name} context") if context else {},
         # orjson writes an aware datetime as ISO 8601 itself, faster than isoformat().
-        "logged_at": envelope.logged_at,
+        "logged_at": logged_at,
     }
     return codec.serialize(document, root=f"the {name} envelope")
 

@@ -90,16 +90,17 @@ class Router:
         self.default = default
         self._overrides: list[Publisher] = []
         self._lock = threading.Lock()
+        self._active = default.publish  # the strategy's own method: one call on log()'s path
 
     def publish(self, messages: list[str]) -> None:
-        overrides = self._overrides
-        (overrides[-1] if overrides else self.default).publish(messages)
+        self._active(messages)
 
     @contextlib.contextmanager
     def override(self, publisher: Publisher) -> Iterator[Publisher]:
         """Send events to ``publisher`` inside the ``with`` block (nested overrides stack)."""
         with self._lock:
             self._overrides = [*self._overrides, publisher]
+            self._active = publisher.publish
         try:
             yield publisher
         finally:
@@ -109,3 +110,4 @@ class Router:
                 overrides.remove(publisher)  # the latest entry of it, even if blocks end out of order
                 overrides.reverse()
                 self._overrides = overrides
+                self._active = (overrides[-1] if overrides else self.default).publish

@@ -345,8 +345,10 @@ class Sender:
                 else:
                     self._spool_dirty = False
                     self._spool_works()
-            if self._broker_down:
+            if self._broker_down and not self._spool_dirty:
                 logger.warning("The broker answers again; the events kept meanwhile were sent")
+            elif self._broker_down:
+                logger.warning("Trying the broker again; the spool's events wait until the spool can be read")
             self._broker_down = False
         except Exception as exc:
             self._broker_down = True

@@ -133,6 +133,8 @@ def copy_data(value: Any) -> Any:
     goes through :func:`copy.deepcopy`.
     """
     kind = type(value)
+    if kind is dict:  # the data itself, and most containers in it
+        return {key: copy_data(item) for key, item in value.items()}
     if kind in _IMMUTABLE:
         return value
     if isinstance(value, dict):

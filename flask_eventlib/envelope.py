@@ -17,6 +17,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .exceptions import SerializationError
 from .serialization import Codec
 
@@ -69,7 +71,10 @@ def encode_fields(
         # orjson writes an aware datetime as ISO 8601 itself, faster than isoformat().
         "logged_at": logged_at,
     }
-    return codec.serialize(document, root=f"the {name} envelope")
+    try:
+        return orjson.dumps(document).decode()
+    except orjson.JSONEncodeError:  # the codec's own serialize names the string at fault
+        return codec.serialize(document, root=f"the {name} envelope")
 
 
 def decode(message: str | bytes, codec: Codec) -> Envelope:

@@ -259,9 +259,10 @@ class _RequestHooks:
         """The current request's events, or ``None`` outside a request or after its hand-over."""
         if not has_request_context():
             return None
-        found = request.__dict__.get(_BUFFER)
+        state = request.__dict__  # one look through the proxy
+        found = state.get(_BUFFER)
         if found is None:
-            found = request.__dict__[_BUFFER] = []
+            found = state[_BUFFER] = []
         return None if found is _HANDED_OVER else found
 
     def after_request(self, response: Response) -> Response:

@@ -113,7 +113,8 @@ class Dispatcher:
         except (EventlibError, TypeError) as exc:
             signals.send(signals.event_rejected, self.signal_sender, name=name, error=exc)
             raise
-        signals.send(signals.event_logged, self.signal_sender, event=event)
+        if signals.event_logged.receivers:  # checked here: the keyword call costs on every log()
+            signals.send(signals.event_logged, self.signal_sender, event=event)
         self.publisher.publish([message])
         return event.id  # type: ignore[return-value]
 

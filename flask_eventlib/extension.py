@@ -337,8 +337,3 @@ def flush(timeout: float | None = 10.0) -> bool:
     :returns: ``False`` if ``timeout`` seconds passed first.
     """
     return state_of().sender.flush(timeout)
-
-
-def get_dispatcher() -> Any:
-    """The current app's :class:`~flask_eventlib.dispatch.Dispatcher` (use :func:`state_of`)."""
-    return state_of().dispatcher

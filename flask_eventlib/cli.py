@@ -9,6 +9,7 @@ The commands are added to every app ``EventLib`` is initialised on::
     flask --app shop.app eventlib check               # exits 1 when something is wrong
     flask --app shop.worker eventlib worker           # a Celery worker for this app's events
     flask --app shop.worker eventlib worker --restart # ... started again whenever it dies
+    flask --app shop.app eventlib recover             # send what killed processes left in the local log
 """
 
 from __future__ import annotations
@@ -191,6 +192,26 @@ def check() -> None:
     for number, problem in enumerate(problems, 1):
         click.echo(f"{number}. {problem}", err=True)
     raise click.exceptions.Exit(1)
+
+
+@eventlib_cli.command("recover")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the broker (or the spool).")
+def recover(timeout: float) -> None:
+    """Send the events that processes which died left in the local log, and wait until sent.
+
+    Every process of the app does this by itself about once a second; the command is for when
+    none runs (after a crash of the whole machine's app, before a deploy removes the folder).
+    """
+    sender = _state().sender
+    log = sender.local_log
+    if log is None:
+        click.echo("EVENTLIB_DURABILITY is 'memory': there is no local log to recover.")
+        return
+    log.recover(sender.submit, sender.max_batch)
+    if not sender.flush(timeout):
+        click.echo(f"The broker did not take the events within {timeout:g}s; {log.pending()} events wait.", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"Recovered {log.recovered} events from {log.folder}; the broker (or the spool) has them.")
 
 
 def _find(registry: Registry, name: str) -> type[BaseEvent]:

@@ -51,6 +51,18 @@ SPOOL_PATH = "EVENTLIB_SPOOL_PATH"
 #: The most events the spool holds; past that new events are dropped, counted and logged.
 #: Default ``100000``.
 SPOOL_MAX_EVENTS = "EVENTLIB_SPOOL_MAX_EVENTS"
+#: What a logged event survives before the broker has it: ``"process"`` (the default: the death
+#: of the process that logged it, SIGKILL included, through the local log), ``"machine"`` (power
+#: loss too: the local log is synced to disk, once per request), or ``"memory"`` (neither: events
+#: wait in memory until sent).
+DURABILITY = "EVENTLIB_DURABILITY"
+#: The folder of the local log's segment files, shared by the processes of one deployment;
+#: default: the spool's path without its extension, plus ``-log``
+#: (``<app.instance_path>/eventlib-spool-log``).
+LOCAL_LOG_DIR = "EVENTLIB_LOCAL_LOG_DIR"
+#: The most bytes one process's local log holds; past that new events wait in memory only,
+#: counted, logged and signalled. Default ``67108864`` (64 MiB).
+LOCAL_LOG_MAX_BYTES = "EVENTLIB_LOCAL_LOG_MAX_BYTES"
 #: How many times a failing handler is retried (after its first attempt). Default ``3``.
 RETRIES = "EVENTLIB_RETRIES"
 #: Seconds before a handler's first retry; later retries wait twice as long each, with jitter.
@@ -100,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
     PUBLISH_TIMEOUT: 2.0,
     SPOOL_PATH: None,
     SPOOL_MAX_EVENTS: 100_000,
+    DURABILITY: "process",
+    LOCAL_LOG_DIR: None,
+    LOCAL_LOG_MAX_BYTES: 64 * 1024 * 1024,
     RETRIES: 3,
     RETRY_BACKOFF: 1.0,
     RETRY_BACKOFF_MAX: 300.0,

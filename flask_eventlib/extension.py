@@ -24,7 +24,8 @@ from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
 from .ingest import register_http
 from .ingest.settings import settings_from_config
-from .publishers import Background, Eager, Publisher, RequestBuffer, Router
+from .locallog import DURABILITIES, LocalLog
+from .publishers import Background, Eager, Pending, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
 from .runner import Runner
@@ -130,15 +131,18 @@ class EventLib:
             signal_sender=app,
         )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
+        local_log = None if eager else _local_log(app, spool_path)
         sender = Sender(
             make_send(celery, queue, float(conf[config.PUBLISH_TIMEOUT])),
             spool=Spool(spool_path, int(conf[config.SPOOL_MAX_EVENTS])),
             max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
             retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,
             linger=float(conf[config.PUBLISH_LINGER]),
+            local_log=local_log,
             signal_sender=app,
         )
-        hooks = _RequestHooks(Background(sender), send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]))
+        background = Background(sender, local_log)
+        hooks = _RequestHooks(background, send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]))
         strategy: Publisher
         if eager:
             strategy = Eager(runner.inline(), propagate=bool(conf[config.PROPAGATE_ERRORS]))
@@ -188,6 +192,8 @@ class EventLib:
         self._last_celery = celery
         app.after_request(hooks.after_request)
         app.teardown_request(hooks.teardown_request)
+        if local_log is not None:
+            sender.start()  # recovers what dead processes left, without waiting for an event
 
         from .cli import eventlib_cli
 
@@ -241,7 +247,7 @@ class EventLib:
 _BUFFER = "_eventlib_events"
 _STATUS = "_eventlib_status"
 #: Marks a request whose events were handed over: events logged later go straight on.
-_HANDED_OVER: list[str] = []
+_HANDED_OVER = Pending()
 
 
 class _RequestHooks:
@@ -251,18 +257,18 @@ class _RequestHooks:
     :param send_on_failed_request: hand over the events of a failed request too.
     """
 
-    def __init__(self, then: Publisher, *, send_on_failed_request: bool) -> None:
+    def __init__(self, then: Background, *, send_on_failed_request: bool) -> None:
         self.then = then
         self.send_on_failed_request = send_on_failed_request
 
-    def current_buffer(self) -> list[str] | None:
+    def current_buffer(self) -> Pending | None:
         """The current request's events, or ``None`` outside a request or after its hand-over."""
         if not has_request_context():
             return None
         state = request.__dict__  # one look through the proxy
         found = state.get(_BUFFER)
         if found is None:
-            found = state[_BUFFER] = []
+            found = state[_BUFFER] = Pending()
         return None if found is _HANDED_OVER else found
 
     def after_request(self, response: Response) -> Response:
@@ -283,8 +289,23 @@ class _RequestHooks:
         failed = error is not None or request.__dict__.get(_STATUS, 500) >= 400
         if failed and not self.send_on_failed_request:
             logger.info("Discarded %d events of a failed request (EVENTLIB_SEND_ON_FAILED_REQUEST)", len(buffered))
+            self.then.discard(buffered)
             return
-        self.then.publish(buffered)
+        self.then.hand_over(buffered)
+
+
+def _local_log(app: Flask, spool_path: str) -> LocalLog | None:
+    """The app's local log (``None`` with ``EVENTLIB_DURABILITY = "memory"``)."""
+    conf = app.config
+    durability = conf[config.DURABILITY]
+    if durability not in DURABILITIES:
+        raise ConfigurationError(
+            f"{config.DURABILITY} must be one of {', '.join(map(repr, DURABILITIES))}, not {durability!r}"
+        )
+    if durability == "memory":
+        return None
+    folder = conf[config.LOCAL_LOG_DIR] or os.path.splitext(spool_path)[0] + "-log"
+    return LocalLog(folder, durability=durability, max_bytes=int(conf[config.LOCAL_LOG_MAX_BYTES]), signal_sender=app)
 
 
 def _package_of(import_name: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .locallog import LocalLog, Ticket
     from .publishing import Sender
     from .runner import Runner
 
@@ -25,34 +26,77 @@ class Publisher(Protocol):
 
 
 class Background:
-    """Hands events to the app's background :class:`~flask_eventlib.publishing.Sender`."""
+    """Hands events to the app's background :class:`~flask_eventlib.publishing.Sender`, once the
+    local log keeps them (when there is one: ``EVENTLIB_DURABILITY`` is not ``"memory"``).
 
-    def __init__(self, sender: Sender) -> None:
+    :param local_log: where each event is written before ``log()`` returns.
+    """
+
+    def __init__(self, sender: Sender, local_log: LocalLog | None = None) -> None:
         self.sender = sender
+        self.local_log = local_log
 
     def publish(self, messages: list[str]) -> None:
-        self.sender.submit(messages)
+        log = self.local_log
+        if log is None:
+            self.sender.submit(messages)
+            return
+        ticket = log.append(messages)
+        log.sync(ticket)
+        self.sender.submit(messages, None if ticket is None else [ticket])
+
+    def hand_over(self, pending: Pending) -> None:
+        """A request's events, already in the local log: synced (``"machine"``), then sent."""
+        if self.local_log is not None and pending.tickets:
+            self.local_log.sync(pending.tickets[-1])
+        self.sender.submit(pending.messages, pending.tickets)
+
+    def discard(self, pending: Pending) -> None:
+        """A request's events that are not to be sent: the local log forgets them too."""
+        if self.local_log is not None:
+            self.local_log.release(pending.tickets)
+
+
+class Pending:
+    """One request's events, kept for its end, and where the local log keeps them."""
+
+    __slots__ = ("messages", "tickets")
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.tickets: list[Ticket] = []
+
+    def __len__(self) -> int:
+        return len(self.messages)
 
 
 class RequestBuffer:
     """Inside a request, keeps the events for the request's end; elsewhere hands them on.
 
+    Each event is written to the local log at once, so it is safe before ``log()`` returns;
+    the request's end sends them together.
+
     :param then: where events go outside a request (and where the extension hands a request's
         events when it ends).
-    :param current: the current request's list of events, or ``None`` outside a request and
-        once the request's events were handed over (so later events are not stranded).
+    :param current: the current request's :class:`Pending` events, or ``None`` outside a request
+        and once the request's events were handed over (so later events are not stranded).
     """
 
-    def __init__(self, then: Publisher, current: Callable[[], list[str] | None]) -> None:
+    def __init__(self, then: Background, current: Callable[[], Pending | None]) -> None:
         self.then = then
         self.current = current
+        self.local_log = then.local_log
 
     def publish(self, messages: list[str]) -> None:
-        buffered = self.current()
-        if buffered is None:
+        pending = self.current()
+        if pending is None:
             self.then.publish(messages)
-        else:
-            buffered.extend(messages)
+            return
+        pending.messages.extend(messages)
+        if self.local_log is not None:
+            ticket = self.local_log.append(messages)
+            if ticket is not None:
+                pending.tickets.append(ticket)
 
 
 class Eager:

@@ -21,6 +21,7 @@ import weakref
 from typing import Any
 
 from . import signals
+from .locallog import LocalLog, Ticket
 from .spool import Send, Spool, SpoolError, SpoolFull
 
 __all__ = ["Send", "Sender", "Spool", "SpoolError", "SpoolFull"]
@@ -44,6 +45,9 @@ class Sender:
         spool's ``max_events`` (100,000 without a spool).
     :param spool_retry_interval: seconds before a spool that failed is tried again. The spool is
         needed only while the broker is down: until then delivery to the broker goes on.
+    :param local_log: where ``log()`` wrote the events it submits (:mod:`flask_eventlib.locallog`);
+        the sender releases them there once the broker or the spool has them, and every
+        ``recover_interval`` seconds sends the events dead processes left in it.
     :param signal_sender: the sender of the signals it sends (the Flask app).
     """
 
@@ -57,6 +61,8 @@ class Sender:
         linger: float = 0.0,
         max_memory: int | None = None,
         spool_retry_interval: float = 30.0,
+        local_log: LocalLog | None = None,
+        recover_interval: float = 1.0,
         signal_sender: Any = None,
     ) -> None:
         self.send = send
@@ -67,17 +73,14 @@ class Sender:
         self.linger = linger
         self.max_memory = max_memory if max_memory is not None else (spool.max_events if spool else 100_000)
         self.spool_retry_interval = spool_retry_interval
-        self._hurry = threading.Event()
+        self.local_log = local_log
+        self.recover_interval = recover_interval
         self._next_retry = 0.0
+        self._next_recover = 0.0
         self._last_send = 0.0
-        self._lock = threading.Lock()
         self._pid = 0
-        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._submitted = 0
-        self._done = 0
-        self._done_cond = threading.Condition()
-        self._backlog: list[str] = []  # in memory, when there is no working spool
+        self._fresh_state()
         self._broker_down = False
         self._spool_usable_at = 0.0  # a failed spool rests until then
         self._spool_failing = False
@@ -86,19 +89,37 @@ class Sender:
         self.dropped = 0
         #: Times the spool failed to open, read or write.
         self.spool_failures = 0
-        self._retried = threading.Condition()
         self._retries_done = 0
+        _senders.add(self)
+
+    def _fresh_state(self) -> None:
+        """Locks, queue and counts of this process (a forked child starts with new ones: a lock
+        a parent's thread held at the fork would never be released in the child)."""
+        self._hurry = threading.Event()
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[list[str], list[Ticket]] | None] = queue.SimpleQueue()
+        self._submitted = 0
+        self._done = 0
+        self._done_cond = threading.Condition()
+        self._retried = threading.Condition()
+        self._backlog: list[str] = []  # in memory, when there is no working spool
+        self._backlog_tickets: list[Ticket] = []  # released once the backlog is sent
+        self._held = False
 
     # -- the caller's side -------------------------------------------------------------------
 
-    def submit(self, messages: list[str]) -> None:
-        """Hand over encoded events; returns at once."""
+    def submit(self, messages: list[str], tickets: list[Ticket] | None = None) -> None:
+        """Hand over encoded events (and where the local log keeps them); returns at once."""
         if not messages:
             return
         self._ensure_thread()
         with self._done_cond:
             self._submitted += len(messages)
-        self._queue.put(messages)
+        self._queue.put((messages, tickets or []))
+
+    def start(self) -> None:
+        """Start the thread now, not at the first event: it recovers dead processes' events."""
+        self._ensure_thread()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything submitted so far is published or spooled; ``False`` on timeout."""
@@ -118,8 +139,8 @@ class Sender:
         """At exit: send what was submitted, try the broker once more for what waits (in memory or
         in the spool), and log how many events are left and where; return that number.
 
-        Called for every sender at interpreter exit. Events left in the spool are sent by the next
-        process that uses the same file; events left in memory are lost.
+        Called for every sender at interpreter exit. Events left in the spool or the local log are
+        sent by the next process that uses the same file; events only in memory are lost.
         """
         deadline = time.monotonic() + timeout
         self.flush(timeout)
@@ -132,6 +153,16 @@ class Sender:
         with self._done_cond:
             queued = self._submitted - self._done
         in_memory, spooled = len(self._backlog) + queued, self._spooled()
+        kept = self.local_log.pending() if self.local_log is not None else 0
+        if self.local_log is not None:
+            self.local_log.close()
+        if kept:
+            logger.warning(
+                "flask-eventlib: %d events are left in the local log %s at exit; the next process using it sends them",
+                kept,
+                self.local_log.folder if self.local_log else None,
+            )
+            in_memory = max(in_memory - kept, 0)
         if spooled:
             logger.warning(
                 "flask-eventlib: %d events are left in the spool %s at exit; the next process using it sends them",
@@ -161,9 +192,6 @@ class Sender:
         with self._lock:
             if self._pid != os.getpid():
                 # After a fork the parent's thread is gone, and what it held is the parent's to send.
-                self._queue = queue.SimpleQueue()
-                self._submitted = self._done = 0
-                self._backlog = []
                 self._pid = os.getpid()
                 self._thread = None
             if self._thread is None:
@@ -203,10 +231,17 @@ class Sender:
 
     def _step(self) -> None:
         timeout = self.retry_interval if self._needs_retry() else None
+        if self.local_log is not None:
+            now = time.monotonic()
+            if now >= self._next_recover:
+                self._next_recover = now + self.recover_interval
+                self._recover()
+            timeout = min(timeout or self.recover_interval, self.recover_interval)
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:
-            self._retry_backlog()
+            if self._needs_retry():
+                self._retry_backlog()
             return
         if first is None:  # shutdown() asks for one more attempt at once
             try:
@@ -216,8 +251,8 @@ class Sender:
                     self._retries_done += 1
                     self._retried.notify_all()
             return
-        batch = list(first)
-        self._take_waiting(batch)
+        batch, tickets = list(first[0]), list(first[1])
+        self._take_waiting(batch, tickets)
         if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
             # At most one message per `linger` seconds: events that come after a quiet spell
             # go at once; under load, those of the requests ending meanwhile join the next
@@ -225,10 +260,11 @@ class Sender:
             wait = self._last_send + self.linger - time.monotonic()
             if wait > 0:
                 self._hurry.wait(wait)
-                self._take_waiting(batch)
+                self._take_waiting(batch, tickets)
         self._hurry.clear()
         self._last_send = time.monotonic()
         handled = 0
+        self._held = False
         try:
             for start in range(0, len(batch), self.max_batch):
                 self._deliver(batch[start : start + self.max_batch])
@@ -237,18 +273,34 @@ class Sender:
             self._hold(batch[handled:])  # not lost with the thread: the next one sends them
             raise
         finally:
+            # What the broker or the spool took is released from the local log; what waits
+            # in memory stays in it until the backlog is sent.
+            if self._held:
+                self._backlog_tickets.extend(tickets)
+            elif tickets and self.local_log is not None:
+                self.local_log.release(tickets)
             with self._done_cond:
                 self._done += len(batch)
                 self._done_cond.notify_all()
 
-    def _take_waiting(self, batch: list[str]) -> None:
+    def _take_waiting(self, batch: list[str], tickets: list[Ticket]) -> None:
         """Move submitted events into ``batch`` without waiting, up to ``max_batch``."""
         while len(batch) < self.max_batch:
             try:
                 more = self._queue.get_nowait()
             except queue.Empty:
                 return
-            batch.extend(more or [])
+            if more is not None:
+                batch.extend(more[0])
+                tickets.extend(more[1])
+
+    def _recover(self) -> None:
+        """Send what dead processes left in the local log (each segment taken by one process)."""
+        assert self.local_log is not None
+        try:
+            self.local_log.recover(self.submit, self.max_batch)
+        except Exception:
+            logger.exception("flask-eventlib: recovering the local log %s failed", self.local_log.folder)
 
     def _has_backlog(self) -> bool:
         """Events wait for a broker that failed: new ones queue up behind them, in order."""
@@ -295,6 +347,7 @@ class Sender:
 
     def _hold(self, batch: list[str]) -> None:
         """Keep events in memory, up to ``max_memory``; drop (count, log, signal) the rest."""
+        self._held = True
         room = max(self.max_memory - len(self._backlog), 0)
         self._backlog.extend(batch[:room])
         if len(batch) > room:
@@ -335,6 +388,9 @@ class Sender:
                 batch = self._backlog[: self.max_batch]
                 self.send(batch)
                 del self._backlog[: len(batch)]
+            if self._backlog_tickets and self.local_log is not None:
+                tickets, self._backlog_tickets = self._backlog_tickets, []
+                self.local_log.release(tickets)
             if self.spool is not None and self._spool_usable():
                 try:
                     while self.spool.drain(self.send):
@@ -358,6 +414,16 @@ class Sender:
 
 #: The senders whose thread runs in this process, told to finish at interpreter exit.
 _running: weakref.WeakSet[Sender] = weakref.WeakSet()
+#: Every sender of this process.
+_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sender in list(_senders):
+        sender._fresh_state()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -10,6 +10,8 @@ into ``log()`` or a worker. The receiver gets the app, then these keyword argume
 - ``events_dropped(count, reason)``: events were dropped because the spool was full.
 - ``spool_failed(path, error)``: the spool could not be opened, read or written; delivery to the
   broker goes on, and while the broker is down events wait in memory.
+- ``local_log_failed(folder, reason)``: the local log could not keep events (a full or read-only
+  disk, or its ``EVENTLIB_LOCAL_LOG_MAX_BYTES`` reached); they wait in memory only until sent.
 - ``handler_succeeded(event, handler, attempt)``
 - ``handler_failed(event, handler, attempt, error)``: every failure, retried or not.
 - ``handler_retried(event, handler, attempt, delay)``: a retry was scheduled.
@@ -32,6 +34,7 @@ event_rejected = signals.signal("event-rejected")
 events_spooled = signals.signal("events-spooled")
 events_dropped = signals.signal("events-dropped")
 spool_failed = signals.signal("spool-failed")
+local_log_failed = signals.signal("local-log-failed")
 handler_succeeded = signals.signal("handler-succeeded")
 handler_failed = signals.signal("handler-failed")
 handler_retried = signals.signal("handler-retried")

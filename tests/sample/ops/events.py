@@ -73,3 +73,17 @@ class KillsItsWorker(BaseEvent):
     @handler
     def after(self) -> None:
         client().hincrby(key("runs"), f"{self.id}:after", 1)
+
+
+class LogsOnward(BaseEvent):
+    """``onward`` logs ``ops.Work`` (id ``<id>:next``) from inside the worker; with
+    ``data['kill']`` it then kills its own worker process on its first run, as an OOM kill does,
+    before the process had time to send the event it logged."""
+
+    @handler
+    def onward(self) -> None:
+        from flask_eventlib.state import state_of
+
+        state_of().log("ops.Work", {"ms": 0}, id=f"{self.id}:next")
+        if self.data("kill", False) and client().incr(key(f"kills:{self.id}")) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)

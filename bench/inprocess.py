@@ -129,6 +129,24 @@ def log_vs_delay(app: Flask, samples: list[int], requests: int, rounds: int = 2)
     return result
 
 
+def log_outside_request(app: Flask, count: int) -> list[float]:
+    """Durations (seconds) of ``count`` single ``log()`` calls in an app context, no request:
+    with ``EVENTLIB_DURABILITY = "machine"`` each one syncs the local log before it returns."""
+    data = payload(app.config, 0)
+    clock = time.perf_counter_ns
+    times = []
+    with app.app_context():
+        for _ in range(20):
+            log("bench.Ping", data)  # warm up: the segment, connections
+        _flush(app)
+        for _ in range(count):
+            started = clock()
+            log("bench.Ping", data)
+            times.append((clock() - started) / 1e9)
+    _flush(app)
+    return times
+
+
 @dataclass
 class RequestWork:
     """Benchmark 2 (total work): seconds per request, in this process."""

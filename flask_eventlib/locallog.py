@@ -1,15 +1,21 @@
 """The local log: what keeps an event safe between ``log()`` and the broker.
 
-``log()`` appends each encoded event to a segment file of its process before it returns, with one
-``os.pwrite``: the bytes are in the kernel's page cache, which outlives the process, so a SIGKILL,
-an OOM kill or gunicorn's timeout kill loses nothing (``EVENTLIB_DURABILITY = "process"``). With
-``"machine"`` the segment is also ``fdatasync``-ed before the event counts as logged (group
-commit: one sync covers every event appended before it), so power loss loses nothing either.
+``log()`` appends each encoded event to a segment file of its process before it returns: a copy
+into the file's pages, mapped into memory (``mmap``). Those pages are the kernel's page cache,
+which outlives the process, so a SIGKILL, an OOM kill or gunicorn's timeout kill loses nothing
+(``EVENTLIB_DURABILITY = "process"``). No system call is made, so ``log()`` never gives up the GIL
+on the way (a ``write()`` would, and then wait up to the interpreter's switch interval, 5 ms, for
+it while the sender thread runs). A segment's space is reserved on disk when it is made
+(``posix_fallocate``), so a full disk shows as an error there, never as a SIGBUS on a page.
+With ``"machine"`` the pages are also written to disk (``msync``) before the request ends, or
+before ``log()`` returns outside a request (group commit: one sync covers every event appended
+before it), so power loss loses nothing either.
 
 A segment is a file of lines, one encoded event each, behind a fixed header that holds its
-*watermark*: the offset before which every event was published (or put in the spool). The
-background sender releases events once the broker (or the spool) has them; the watermark moves
-past the released prefix and a segment that is full and released is removed.
+*watermark*: the offset before which every event was published (or put in the spool); the unused
+rest of the file is zeros. The background sender releases events once the broker (or the spool)
+has them; the watermark moves past the released prefix and a segment that is full and released
+is removed.
 
 Each segment is locked (``flock``) by the process that writes it, for as long as it lives; the
 kernel drops the lock when the process dies, however it dies. Whoever comes next (a sibling
@@ -29,6 +35,7 @@ import collections
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import threading
 import time
@@ -73,9 +80,13 @@ class Segment:
     :param owned: written by this process (``False``: a dead process's, being recovered).
     """
 
-    def __init__(self, path: str, fd: int, size: int, watermark: int, *, owned: bool) -> None:
+    def __init__(
+        self, path: str, fd: int, size: int, watermark: int, *, owned: bool, map: mmap.mmap | None = None
+    ) -> None:
         self.path = path
         self.fd = fd
+        self.map = map  # the file's pages, for an owned segment
+        self.capacity = len(map) if map is not None else size
         self.size = size
         self.watermark = watermark
         self.owned = owned
@@ -168,28 +179,21 @@ class LocalLog:
             if self._pid != os.getpid():
                 self._forked()
             segment = self._segments[-1] if self._segments else None
-            if segment is None or segment.sealed or segment.size >= self.segment_bytes:
-                if self._bytes + len(data) > self.max_bytes:
+            start = 0 if segment is None else segment.size
+            if segment is None or segment.sealed or start + len(data) > segment.capacity:
+                capacity = max(self.segment_bytes, _HEADER + len(data))
+                if self._bytes + capacity > self.max_bytes:
                     full = f"the local log holds {self._bytes} bytes (max {self.max_bytes})"
                     self._unprotected(messages, full)
                     return None
-                segment = self._new_segment()
+                segment = self._new_segment(capacity)
                 if segment is None:
                     self._unprotected(messages, None)
                     return None
-            start = segment.size
-            try:
-                written = os.pwrite(segment.fd, data, start)
-                if written != len(data):
-                    raise OSError(f"wrote {written} of {len(data)} bytes")
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(segment.fd, start)  # no torn line before the next append
-                segment.sealed = True  # a disk that failed once: the next append tries a new file
-                self._unprotected(messages, f"cannot write {segment.path}: {exc}")
-                return None
+                start = segment.size
+            assert segment.map is not None
+            segment.map[start : start + len(data)] = data  # into the page cache: no system call
             segment.size = start + len(data)
-            self._bytes += len(data)
             ticket = Ticket(segment, start, segment.size, len(messages))
             segment.track(ticket)
         if self._failing:
@@ -212,7 +216,8 @@ class LocalLog:
                 return
             target = segment.size
             try:
-                os.fdatasync(segment.fd)
+                assert segment.map is not None
+                segment.map.flush()  # msync: the pages written so far, to the disk
             except OSError as exc:
                 logger.error("flask-eventlib: cannot sync the local log %s: %s", segment.path, exc)
                 return
@@ -235,8 +240,10 @@ class LocalLog:
                     continue
                 if segment.done():
                     self._remove(segment)
+                elif segment.map is not None:  # a stale watermark would only mean duplicates
+                    segment.map[:_HEADER] = _header(segment.watermark)
                 else:
-                    with contextlib.suppress(OSError):  # a stale watermark only means duplicates
+                    with contextlib.suppress(OSError):
                         os.pwrite(segment.fd, _header(segment.watermark), 0)
 
     def pending(self) -> int:
@@ -334,7 +341,7 @@ class LocalLog:
         if raw[: len(_MAGIC)] == _MAGIC:
             with contextlib.suppress(ValueError):
                 watermark = max(_HEADER, int(raw[len(_MAGIC) : _HEADER - 1]))
-        body = raw[watermark:]
+        body = raw[watermark:].split(b"\0", 1)[0]  # the unused rest of the file is zeros
         if not body.endswith(b"\n"):  # a torn last line (power loss): it never counted as logged
             body = body[: body.rfind(b"\n") + 1]
         lines: list[tuple[int, bytes]] = []
@@ -349,9 +356,10 @@ class LocalLog:
 
     # -- the files ---------------------------------------------------------------------------
 
-    def _new_segment(self) -> Segment | None:
-        """Start a segment: made under a temporary name, locked, then renamed into view, so no
-        recoverer ever sees it unlocked. ``None`` when the folder cannot be written."""
+    def _new_segment(self, capacity: int) -> Segment | None:
+        """Start a segment of ``capacity`` bytes: made under a temporary name, its space reserved,
+        locked, then renamed into view, so no recoverer ever sees it unlocked. ``None`` when the
+        folder cannot be written or the disk has no room."""
         now = time.monotonic()
         if now < self._failing_until:
             return None
@@ -367,13 +375,15 @@ class LocalLog:
             os.makedirs(self.folder, exist_ok=True)
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.write(fd, _header(_HEADER)) != _HEADER:
+            os.posix_fallocate(fd, 0, capacity)  # a full disk says so here, not as a SIGBUS later
+            if os.pwrite(fd, _header(_HEADER), 0) != _HEADER:
                 raise OSError("short write of the header")
+            pages = mmap.mmap(fd, capacity)
             os.rename(temporary, path)
             if self.durability == "machine":
                 os.fdatasync(fd)
                 _sync_folder(self.folder)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             if fd >= 0:
                 os.close(fd)
                 with contextlib.suppress(OSError):
@@ -381,9 +391,9 @@ class LocalLog:
             self._failing_until = now + self.retry_interval
             self._fail(f"cannot create a segment in {self.folder}: {exc}")
             return None
-        segment = Segment(path, fd, _HEADER, _HEADER, owned=True)
+        segment = Segment(path, fd, _HEADER, _HEADER, owned=True, map=pages)
         self._segments.append(segment)
-        self._bytes += _HEADER
+        self._bytes += capacity
         return segment
 
     def _remove(self, segment: Segment) -> None:
@@ -393,7 +403,7 @@ class LocalLog:
         if segment.owned:
             with contextlib.suppress(ValueError):
                 self._segments.remove(segment)
-            self._bytes -= segment.size
+            self._bytes -= segment.capacity
         else:
             self._recovering.pop(segment.path, None)
 
@@ -432,6 +442,9 @@ class LocalLog:
 def _close(segment: Segment) -> None:
     if not segment.closed:
         segment.closed = True
+        if segment.map is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                segment.map.close()
         with contextlib.suppress(OSError):
             os.close(segment.fd)
 

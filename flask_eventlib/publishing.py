@@ -143,6 +143,8 @@ class Sender:
         sent by the next process that uses the same file; events only in memory are lost.
         """
         deadline = time.monotonic() + timeout
+        if self.local_log is not None and self._pid == os.getpid():
+            self._recover()  # a last look for dead siblings' events, which would wait for the next start
         self.flush(timeout)
         if self._thread is not None and (self._backlog or self._broker_down or self._spooled()):
             with self._retried:

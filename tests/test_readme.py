@@ -33,5 +33,5 @@ def test_config_table_lists_every_setting_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `(EVENTLIB_\w+)` \| (.*?) \|", README, flags=re.M))
     assert sorted(rows) == sorted(config.DEFAULTS)
     for key, default in config.DEFAULTS.items():
-        if key not in (config.FILESYSTEM_BROKER_DIR, config.SPOOL_PATH, config.STORE_URL):
+        if key not in (config.FILESYSTEM_BROKER_DIR, config.SPOOL_PATH, config.STORE_URL, config.LOCAL_LOG_DIR):
             assert rows[key] == f"`{default!r}`".replace("'", '"'), key

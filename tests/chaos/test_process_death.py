@@ -241,6 +241,10 @@ def figures(what: str, ids: list[str], runs: dict[str, int], extra: str = "") ->
     [
         pytest.param(["--worker-class=sync", "--workers=4"], id="sync"),
         pytest.param(["--worker-class=gthread", "--workers=2", "--threads=4", "--preload"], id="gthread-preload"),
+        pytest.param(
+            ["--worker-class=sync", "--workers=3", "--preload", "--max-requests=40", "--max-requests-jitter=10"],
+            id="sync-preload-max-requests",
+        ),
     ],
 )
 def test_gunicorn_workers_sigkilled_under_load_lose_nothing(mode: list[str], run: Run, chaos_report: list[str]) -> None:
@@ -332,12 +336,34 @@ def test_a_quick_shutdown_of_gevent_workers_loses_nothing(run: Run, chaos_report
     )
 
 
-def test_a_prefork_child_killed_after_its_handler_logged_an_event_loses_nothing(
-    run: Run, chaos_report: list[str]
+#: ``flask eventlib worker --restart``: a worker killed whole (threads, solo) is started again.
+SUPERVISED = [sys.executable, "-m", "flask", "--app", "tests.sample.worker:app", "eventlib", "worker", "--restart"]
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+def test_a_worker_killed_right_after_its_handler_logged_an_event_loses_nothing(
+    pool: str, run: Run, chaos_report: list[str]
 ) -> None:
-    """A handler logs ``ops.Work`` and its pool child is SIGKILLed at once, before its sender
-    could send the event: the Celery main process (or a sibling) recovers it from the local log."""
-    run.start_worker("--pool=prefork")
+    """A handler logs ``ops.Work`` and its process is SIGKILLed at once, before its sender could
+    send the event. Prefork: the pool child dies, the Celery main process (or a sibling) sends
+    the event from the local log. Threads and solo: the whole worker dies; the supervisor starts a
+    new one, which sends it. The killed handler's message is redelivered and its second run logs
+    the same id again: the workers' dedup runs ``ops.Work`` once."""
+    # Redis redelivers the killed worker's message after 5 s (the default is an hour).
+    options = {"visibility_timeout": 5, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    run.env["SAMPLE_CELERY_CONFIG"] = json.dumps({"broker_transport_options": options})
+    log_path = run.tmp_path / "worker.log"
+    supervised = pool != "prefork"
+    run.worker = start_worker(
+        REDIS_URL,
+        run.queue,
+        run.record_key,
+        log_path,
+        f"--pool={pool}",
+        command=SUPERVISED if supervised else None,
+        env=run.env,
+    )
+    wait_worker_ready(run.worker, log_path)
     app = create_app(
         EVENTLIB_BROKER_URL=REDIS_URL,
         EVENTLIB_QUEUE=run.queue,
@@ -345,18 +371,19 @@ def test_a_prefork_child_killed_after_its_handler_logged_an_event_loses_nothing(
         SAMPLE_RECORD_KEY=run.record_key,
         EVENTLIB_DURABILITY="memory",
     )
-    count = max(CHAOS_EVENTS // 50, 10)
+    count = 1 if supervised else max(CHAOS_EVENTS // 50, 10)  # each kill of a whole worker costs a restart
     with app.app_context():
         ids = [state_of().log("ops.LogsOnward", {"kill": True}) for _ in range(count)]
         assert flush(30)
     wanted = [f"{event_id}:next" for event_id in ids]
-    runs = settle(run, wanted, "the events logged by the killed children")
-    assert run.worker is not None and alive(run.worker.pid)
+    runs = settle(run, wanted, "the events logged by the killed processes")
+    assert alive(run.worker.pid)
     kills = sum(int(run.redis.get(f"{run.record_key}:kills:{event_id}") or 0) for event_id in ids)
-    assert kills >= count  # each event's first run killed its child
+    assert kills >= count  # each event's first run killed its process
     assert [i for i in wanted if runs.get(i) != 1] == []
+    what = "pool child" if pool == "prefork" else "worker (supervised: started again)"
     chaos_report.append(
-        figures(f"Celery prefork: {count} handlers each logged an event, then their child was SIGKILLed", wanted, runs)
+        figures(f"Celery {pool}: {count} handlers each logged an event, then their {what} was SIGKILLed", wanted, runs)
     )
 
 

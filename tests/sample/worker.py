@@ -20,5 +20,7 @@ app = create_app(
     SAMPLE_RECORD_KEY=os.environ["SAMPLE_RECORD_KEY"],
     EVENTLIB_STORE_URL=os.environ.get("SAMPLE_STORE_URL") or None,
     EVENTLIB_CELERY_CONFIG=json.loads(os.environ.get("SAMPLE_CELERY_CONFIG") or "{}"),
+    # A restarted worker must find the local log its predecessor left: one path for all of them.
+    **({"EVENTLIB_SPOOL_PATH": os.environ["SAMPLE_SPOOL_PATH"]} if os.environ.get("SAMPLE_SPOOL_PATH") else {}),
 )
 celery = eventlib.celery

@@ -147,7 +147,7 @@ class EventLib:
         if eager:
             strategy = Eager(runner.inline(), propagate=bool(conf[config.PROPAGATE_ERRORS]))
         elif conf[config.BATCH_REQUESTS]:
-            strategy = RequestBuffer(hooks.then, hooks.current_buffer)
+            strategy = RequestBuffer(hooks.then, hooks.current_buffer, local_log)
         else:
             strategy = hooks.then
         publisher = Router(strategy)

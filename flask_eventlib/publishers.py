@@ -80,12 +80,15 @@ class RequestBuffer:
         events when it ends).
     :param current: the current request's :class:`Pending` events, or ``None`` outside a request
         and once the request's events were handed over (so later events are not stranded).
+    :param local_log: where each event is written as it is logged (``None``: nowhere).
     """
 
-    def __init__(self, then: Background, current: Callable[[], Pending | None]) -> None:
+    def __init__(
+        self, then: Publisher, current: Callable[[], Pending | None], local_log: LocalLog | None = None
+    ) -> None:
         self.then = then
         self.current = current
-        self.local_log = then.local_log
+        self.local_log = local_log
 
     def publish(self, messages: list[str]) -> None:
         pending = self.current()

@@ -14,7 +14,7 @@ import pytest
 from flask_eventlib import BaseEvent, Codec, EventNotFound, EventNotPublic, SerializationError, ValidationError, handler
 from flask_eventlib.dispatch import Dispatcher
 from flask_eventlib.envelope import FORMAT_VERSION, Envelope, decode, encode
-from flask_eventlib.publishers import Capture, Eager, RequestBuffer, Router
+from flask_eventlib.publishers import Capture, Eager, Pending, RequestBuffer, Router
 from flask_eventlib.registry import Registry
 from flask_eventlib.runner import Runner, message_key
 from flask_eventlib.serialization import register_builtins
@@ -141,7 +141,7 @@ def test_a_failing_handler_is_retried_alone_and_its_neighbours_run(registry: Reg
 
 def test_the_request_buffer_keeps_events_until_they_are_handed_over(registry: Registry, codec: Codec) -> None:
     sent: list[str] = []
-    current: list[list[str] | None] = [[]]
+    current: list[Pending | None] = [Pending()]
     buffer = RequestBuffer(Capture(sent.extend), lambda: current[0])
     router = Router(buffer)
     dispatcher = Dispatcher(registry, codec, router)

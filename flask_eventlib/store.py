@@ -431,10 +431,10 @@ class RedisStore(Store):
         """Run a script by its digest, loading it first where the server does not have it yet."""
         sha = _SHAS[script]
         try:
-            return self.client.evalsha(sha, len(keys), *keys, *args)
+            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
         except self._no_script:
-            self.client.script_load(script)
-            return self.client.evalsha(sha, len(keys), *keys, *args)
+            self.client.execute_command("SCRIPT LOAD", script)
+            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
     def completed(self, event_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = list(event_ids)

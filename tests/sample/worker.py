@@ -1,7 +1,7 @@
 """The module a test worker starts from: ``celery -A tests.sample.worker:celery worker``.
 
 Configured from the environment by the test that starts it; without ``SAMPLE_BROKER_URL`` it uses
-the embedded filesystem broker in ``SAMPLE_FS_DIR``.
+the embedded filesystem broker in ``SAMPLE_FS_DIR``. ``SAMPLE_CONFIG`` (JSON) adds app settings.
 """
 
 import json
@@ -20,5 +20,6 @@ app = create_app(
     SAMPLE_RECORD_KEY=os.environ["SAMPLE_RECORD_KEY"],
     EVENTLIB_STORE_URL=os.environ.get("SAMPLE_STORE_URL") or None,
     EVENTLIB_CELERY_CONFIG=json.loads(os.environ.get("SAMPLE_CELERY_CONFIG") or "{}"),
+    **json.loads(os.environ.get("SAMPLE_CONFIG") or "{}"),
 )
 celery = eventlib.celery

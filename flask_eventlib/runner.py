@@ -199,8 +199,12 @@ class Runner:
                 # Marked per event, so a worker killed mid-message re-runs as little as possible;
                 # the claims go in the same write, and the last event's write also forgets the
                 # message's count (a round trip of its own only when that event has nothing to mark).
+                # Sent without waiting for the store's answer but the last, which reads them all
+                # before the message is acknowledged: the store has each write before the next
+                # event runs, and the message costs one round trip more than its begin.
+                last = position == len(decoded)
                 release = ran if claims else []
-                self._finish(keys if position == len(decoded) else [], {event_id: succeeded}, release, owner)
+                self._finish(keys if last else [], {event_id: succeeded}, release, owner, wait=last)
         if deferred:
             results += self._defer(deferred)
         if not self.dedup_ttl and self.store is not None:
@@ -524,12 +528,23 @@ class Runner:
         return taken
 
     def _finish(
-        self, keys: list[RunKey], marks: dict[str, list[str]], release: list[RunKey] | None = None, owner: str = ""
+        self,
+        keys: list[RunKey],
+        marks: dict[str, list[str]],
+        release: list[RunKey] | None = None,
+        owner: str = "",
+        *,
+        wait: bool = True,
     ) -> None:
-        if self.store is None or not (keys or release or (self.dedup_ttl and any(marks.values()))):
+        if self.store is None:
             return
+        if not (keys or release or (self.dedup_ttl and any(marks.values()))):
+            if wait:
+                keys = []  # nothing to write, but the answers to earlier writes must be read
+            else:
+                return
         try:
-            self.store.finish(keys, marks, self.dedup_ttl, release=release or (), owner=owner)
+            self.store.finish(keys, marks, self.dedup_ttl, release=release or (), owner=owner, wait=wait)
         except Exception:
             logger.exception("Cannot record which handlers ran; a redelivery may run them again, one at a time")
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -109,12 +110,16 @@ class Store(ABC):
         *,
         release: Iterable[RunKey] = (),
         owner: str = "",
+        wait: bool = True,
     ) -> None:
         """Forget the start counts of ``keys``; remember ``marks`` as succeeded for ``ttl`` seconds.
 
         :param marks: ``{event_id: [handler, ...]}``; with a ``ttl`` of 0 nothing is marked.
         :param release: claims of ``owner`` to give up, once ``marks`` are written; a claim that
             is no longer ``owner``'s (its lease ended and another took it) is left alone.
+        :param wait: ``False`` lets a store send the write and read its answer with this thread's
+            next call that waits (its errors are raised there): the store has the write as soon
+            as it is sent, without a round trip of its own.
         """
 
     @abstractmethod
@@ -200,6 +205,7 @@ class MemoryStore(Store):
         *,
         release: Iterable[RunKey] = (),
         owner: str = "",
+        wait: bool = True,
     ) -> None:
         expires = time.time() + ttl
         with self._lock:
@@ -346,6 +352,9 @@ class RedisStore(Store):
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
         self._no_script = redis.exceptions.NoScriptError
+        self._answer_error = redis.exceptions.ResponseError
+        #: Per thread: the connection holding writes sent without waiting, and those writes.
+        self._unread = threading.local()
 
     def begin(
         self,
@@ -400,11 +409,14 @@ class RedisStore(Store):
         *,
         release: Iterable[RunKey] = (),
         owner: str = "",
+        wait: bool = True,
     ) -> None:
         keys, release = list(keys), list(release)
         marked = [(eid, list(handlers)) for eid, handlers in marks.items()] if ttl else []
         marked = [(eid, handlers) for eid, handlers in marked if handlers]
         if not (keys or release or marked):
+            if wait:
+                self._settle()
             return
         script_keys = [
             *(f"{self.prefix}done:{eid}" for eid, _ in marked),
@@ -416,7 +428,10 @@ class RedisStore(Store):
         for _, handlers in marked:
             args += [len(handlers), *handlers]
         args += [handler for _, handler in keys]
-        self._run(_FINISH, script_keys, args)
+        if wait:
+            self._run(_FINISH, script_keys, args)
+        else:
+            self._send(_FINISH, script_keys, args)
 
     def renew(self, claims: Mapping[str, Iterable[RunKey]], lease: float) -> None:
         pairs = [(owner, run) for owner, runs in claims.items() for run in runs]
@@ -427,8 +442,50 @@ class RedisStore(Store):
     def _claim_key(self, run: RunKey) -> str:
         return f"{self.prefix}claim:{run[0]}:{run[1]}"
 
+    def _send(self, script: str, keys: list[str], args: list[Any]) -> None:
+        """Send a script's call without reading its answer: :meth:`_settle` reads it."""
+        unread = self._unread
+        conn = getattr(unread, "conn", None)
+        if conn is None or unread.pid != os.getpid():
+            conn = unread.conn = self.client.connection_pool.get_connection()
+            unread.pid, unread.calls = os.getpid(), []
+        unread.calls.append((script, keys, args))
+        try:
+            conn.send_command("EVALSHA", _SHAS[script], len(keys), *keys, *args)
+        except BaseException:
+            self._settle()
+            raise
+
+    def _settle(self) -> None:
+        """Read the answers to this thread's calls sent without waiting; run again those the
+        server could not (a script it did not have: they are idempotent), raise other errors."""
+        unread = self._unread
+        conn = getattr(unread, "conn", None)
+        if conn is None:
+            return
+        calls, unread.conn, unread.calls = unread.calls, None, []
+        if unread.pid != os.getpid():
+            return  # a forked child: the connection is its parent's
+        again: list[tuple[str, list[str], list[Any]]] = []
+        failure: Exception | None = None
+        try:
+            for call in calls:
+                try:
+                    conn.read_response()
+                except self._no_script:
+                    again.append(call)
+                except self._answer_error as exc:  # an error answer; the others are still to read
+                    failure = failure or exc
+        finally:
+            self.client.connection_pool.release(conn)
+        for script, keys, args in again:
+            self._run(script, keys, args)
+        if failure is not None:
+            raise failure
+
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script by its digest, loading it first where the server does not have it yet."""
+        self._settle()
         sha = _SHAS[script]
         try:
             return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
@@ -562,6 +619,7 @@ class SQLiteStore(Store):
         *,
         release: Iterable[RunKey] = (),
         owner: str = "",
+        wait: bool = True,
     ) -> None:
         now = time.time()
         rows = [(eid, h, now + ttl) for eid, handlers in marks.items() for h in handlers] if ttl else []

@@ -168,3 +168,20 @@ def test_a_start_is_counted_only_when_its_claim_is_taken(store: Store) -> None:
     begun = store.begin([run], ttl=60, claims=[run], owner="third", lease=60)
     assert begun.done == {"e1": {"h"}} and begun.held == {} and begun.unfinished == {run: 3}
     assert store.begin([run], ttl=60, claims=[run], owner="third", lease=60).unfinished == {run: 3}
+
+
+def test_writes_sent_without_waiting_are_in_the_store_by_the_next_call_and_in_order(store: Store) -> None:
+    runs = [(f"e{n}", "h") for n in range(5)]
+    store.begin([("m", DELIVERY)], ttl=60, claims=runs, owner="me", lease=60)
+    for eid, handler in runs[:-1]:
+        store.finish([], {eid: [handler]}, 60, release=[(eid, handler)], owner="me", wait=False)
+    # Another client sees the writes before any of their answers is read.
+    other = store_from_url(f"{REDIS_URL}?prefix={store.prefix}") if isinstance(store, RedisStore) else store
+    wanted = {"e0": {"h"}, "e3": {"h"}}
+    wait_for(lambda: other.completed(["e0", "e3"]) == wanted, timeout=5, what="the writes sent without waiting")
+    store.finish([("m", DELIVERY)], {"e4": ["h"]}, 60, release=runs[-1:], owner="me")
+    begun = store.begin([("m", DELIVERY)], ttl=60, claims=runs, owner="else", lease=60)
+    assert begun.held == {} and begun.done == {f"e{n}": {"h"} for n in range(5)}
+    assert begun.unfinished == {("m", DELIVERY): 0}
+    if other is not store:
+        other.close()

@@ -171,40 +171,46 @@ class Runner:
             )
         results: list[HandlerResult] = []
         deferred: list[tuple[str, BaseEvent, str, float]] = []
-        for position, ((message, event), found) in enumerate(zip(decoded, calls, strict=True), 1):
-            event_id = event.id or ""
-            skip = begun.done.setdefault(event_id, set())
-            succeeded: list[str] = []
-            ran: list[RunKey] = []
-            for label, call in found:
-                if label in skip:
-                    continue
-                if (event_id, label) in held:
-                    deferred.append((message, event, label, held[event_id, label]))
+        try:
+            for position, ((message, event), found) in enumerate(zip(decoded, calls, strict=True), 1):
+                event_id = event.id or ""
+                skip = begun.done.setdefault(event_id, set())
+                succeeded: list[str] = []
+                ran: list[RunKey] = []
+                for label, call in found:
+                    if label in skip:
+                        continue
+                    if (event_id, label) in held:
+                        deferred.append((message, event, label, held[event_id, label]))
+                        skip.add(label)
+                        continue
+                    ran.append((event_id, label))
+                    if died:
+                        result = self._counted_attempt(message, event, label, call, 1, None)
+                    else:
+                        result = self._attempt(message, event, label, call, 1, None)
+                    results.append(result)
+                    if result.error is None:
+                        succeeded.append(label)
+                    else:
+                        first_error = first_error or result.error
+                    # A retried or dead-lettered handler is not run again for a duplicate either.
                     skip.add(label)
-                    continue
-                ran.append((event_id, label))
-                if died:
-                    result = self._counted_attempt(message, event, label, call, 1, None)
-                else:
-                    result = self._attempt(message, event, label, call, 1, None)
-                results.append(result)
-                if result.error is None:
-                    succeeded.append(label)
-                else:
-                    first_error = first_error or result.error
-                # A retried or dead-lettered handler is not run again for a duplicate either.
-                skip.add(label)
-            if self.dedup_ttl:
-                # Marked per event, so a worker killed mid-message re-runs as little as possible;
-                # the claims go in the same write, and the last event's write also forgets the
-                # message's count (a round trip of its own only when that event has nothing to mark).
-                # Sent without waiting for the store's answer but the last, which reads them all
-                # before the message is acknowledged: the store has each write before the next
-                # event runs, and the message costs one round trip more than its begin.
-                last = position == len(decoded)
-                release = ran if claims else []
-                self._finish(keys if last else [], {event_id: succeeded}, release, owner, wait=last)
+                if self.dedup_ttl:
+                    # Marked per event, so a worker killed mid-message re-runs as little as possible;
+                    # the claims go in the same write, and the last event's write also forgets the
+                    # message's count (a round trip of its own only when that event has nothing to mark).
+                    # Sent without waiting for the store's answer but the last, which reads them all
+                    # before the message is acknowledged: the store has each write before the next
+                    # event runs, and the message costs one round trip more than its begin.
+                    last = position == len(decoded)
+                    release = ran if claims else []
+                    self._finish(keys if last else [], {event_id: succeeded}, release, owner, wait=last)
+        finally:
+            if claims:
+                # An exception that escaped (not a handler's: those are caught) leaves claims
+                # unreleased: stop renewing them, so they end with their lease.
+                self._keeper.forget(owner)
         if deferred:
             results += self._defer(deferred)
         if not self.dedup_ttl and self.store is not None:
@@ -253,9 +259,12 @@ class Runner:
         for label, call in event._handler_calls():
             if label == handler:
                 died = begun.unfinished.get(key, 0)
-                return self._counted_attempt(
-                    message, event, label, call, attempt, first_failed_at, died=died, owner=owner, release=claims
-                )
+                try:
+                    return self._counted_attempt(
+                        message, event, label, call, attempt, first_failed_at, died=died, owner=owner, release=claims
+                    )
+                finally:
+                    self._keeper.forget(owner)
         self._finish([key], {}, claims, owner)
         error = LookupError(f"The event {event.name} has no handler {handler} any more")
         self._dead_letter(message, event, handler, attempt, error, "", first_failed_at or time.time())
@@ -582,6 +591,10 @@ class _Keeper:
                     target=self._renew, args=(store, lease), name="flask-eventlib-claims", daemon=True
                 )
                 self._thread.start()
+
+    def forget(self, owner: str) -> None:
+        with self._lock:
+            self._held.pop(owner, None)
 
     def drop(self, owner: str, claims: Iterable[RunKey]) -> None:
         with self._lock:

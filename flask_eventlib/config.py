@@ -73,6 +73,11 @@ RETRY_BACKOFF_MAX = "EVENTLIB_RETRY_BACKOFF_MAX"
 #: Seconds during which a handler that succeeded for an event id is not run again for a
 #: redelivery or a client retry of the same id; ``0`` turns dedup off. Default ``86400``.
 DEDUP_TTL = "EVENTLIB_DEDUP_TTL"
+#: Seconds a worker's claim on a handler it is about to run lasts, renewed every third of it
+#: while the handler runs, so that two deliveries of the same event at the same moment do not
+#: both run it; a crashed worker's claims end with it. With dedup only; ``0`` turns claims off.
+#: Default ``60``.
+CLAIM_TTL = "EVENTLIB_CLAIM_TTL"
 #: Where dedup marks and dead letters live: ``redis://...``, ``sqlite:////path`` or
 #: ``memory://``. Default: the broker's Redis, else ``<app.instance_path>/eventlib-store.sqlite3``
 #: (``memory://`` in eager mode).
@@ -119,6 +124,7 @@ DEFAULTS: dict[str, Any] = {
     RETRY_BACKOFF: 1.0,
     RETRY_BACKOFF_MAX: 300.0,
     DEDUP_TTL: 86_400,
+    CLAIM_TTL: 60,
     STORE_URL: None,
     HTTP_ENABLED: True,
     URL_PREFIX: "/event",

@@ -128,6 +128,7 @@ class EventLib:
             backoff=float(conf[config.RETRY_BACKOFF]),
             backoff_max=float(conf[config.RETRY_BACKOFF_MAX]),
             dedup_ttl=float(conf[config.DEDUP_TTL]),
+            claim_ttl=float(conf[config.CLAIM_TTL]),
             signal_sender=app,
         )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")

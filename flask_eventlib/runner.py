@@ -10,6 +10,16 @@ and forgets it with the last event's dedup write: the usual path costs no extra 
 delivery that finds the message begun and never finished runs the handlers not yet done one at a
 time, counting each handler's start, and dead-letters a handler whose worker already died
 ``retries + 1`` times while running it, instead of running it again.
+
+Two deliveries of the same event at the same moment (a redelivery while the first still runs, a
+client's retry, a batch sent twice) must not both run a handler. So with dedup on, a delivery
+claims each (event id, handler) it is about to run, in the same atomic step that reads the dedup
+marks, and gives the claim up in the step that marks the handler done (or, if it failed, without
+a mark, so that its retry or another delivery can run it). A claim has a lease, renewed by a
+thread of the process while the delivery runs: a worker that dies renews nothing, and its claims
+end with their lease. A delivery that finds a handler claimed by another leaves it to the holder
+and checks again when the lease would end (a retry task; in the caller without one): by then the
+holder has marked it done (nothing to do), given it up, or died (the claim expired: it runs it).
 """
 
 from __future__ import annotations
@@ -20,9 +30,12 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 import random
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -57,6 +70,9 @@ class Runner:
     :param signal_sender: the sender of the signals it sends (the Flask app).
     :param starts_ttl: seconds a start that never finished is remembered in the store: longer
         than the broker takes to redeliver a dead worker's message.
+    :param claim_ttl: the lease, in seconds, of a delivery's claim on a handler it is about to
+        run, renewed every third of it while the delivery runs; what a crashed worker's claims
+        outlive it by at most. 0 turns claims off; they need dedup (``dedup_ttl``) and a store.
     """
 
     registry: Registry
@@ -69,10 +85,13 @@ class Runner:
     dedup_ttl: float = 0.0
     signal_sender: Any = None
     starts_ttl: float = 86_400.0
+    claim_ttl: float = 0.0
     #: Without dedup, the delivery counts of finished messages, forgotten with the next begin.
     _finished: collections.deque[RunKey] = dataclasses.field(
         default_factory=collections.deque, init=False, repr=False, compare=False
     )
+    #: Renews the claims of the deliveries running in this process.
+    _keeper: _Keeper = dataclasses.field(default_factory=lambda: _Keeper(), init=False, repr=False, compare=False)
 
     def inline(self) -> Runner:
         """This runner with retries run at once, in the caller, instead of sent to the workers."""
@@ -105,7 +124,9 @@ class Runner:
         cannot be decoded is logged and dead-lettered alone; the others are still processed. When
         an earlier delivery of the same messages began and never finished (its worker died), the
         handlers run one at a time, each start counted, and a handler whose worker died
-        ``retries + 1`` times while running it is dead-lettered (:class:`WorkerDied`).
+        ``retries + 1`` times while running it is dead-lettered (:class:`WorkerDied`). With
+        claims on, a handler another delivery is running is left to it and checked again when its
+        claim's lease would end (:meth:`process_retry`).
 
         :param propagate: re-raise the first error once every handler of every message has run.
         """
@@ -121,9 +142,26 @@ class Runner:
         # One count for the whole message: a redelivery after a death needs care only for the
         # events not done yet, and the dedup marks already tell which those are.
         keys = [(message_key(event_ids), DELIVERY)] if event_ids else []
-        begun = self._begin(keys, done=event_ids if self.dedup_ttl else [], forget=self._take_finished())
+        calls = [list(event._handler_calls()) for _, event in decoded]
+        owner = uuid.uuid4().hex
+        claims: list[RunKey] = []
+        if self._claiming:
+            claims = [
+                (event.id or "", label) for (_, event), found in zip(decoded, calls, strict=True) for label, _ in found
+            ]
+        # One round trip: the message's count, the dedup marks and the claims of all its events.
+        begun = self._begin(
+            keys,
+            done=event_ids if self.dedup_ttl else [],
+            forget=self._take_finished(),
+            claims=claims,
+            owner=owner,
+        )
+        held = begun.held
+        taken = [run for run in claims if run not in held and run[1] not in begun.done.get(run[0], ())]
+        self._hold(owner, taken)
         died = begun.unfinished.get(keys[0], 0) if keys else 0
-        if died:
+        if died and (taken or not claims):
             logger.warning(
                 "A message of %s was left unfinished by %s (a worker died): running the handlers not "
                 "yet done one at a time, counting each start",
@@ -132,29 +170,49 @@ class Runner:
                 extra={"event_ids": event_ids},
             )
         results: list[HandlerResult] = []
-        for position, (message, event) in enumerate(decoded, 1):
-            event_id = event.id or ""
-            skip = begun.done.setdefault(event_id, set())
-            succeeded: list[str] = []
-            for label, call in event._handler_calls():
-                if label in skip:
-                    continue
-                if died:
-                    result = self._counted_attempt(message, event, label, call, 1, None)
-                else:
-                    result = self._attempt(message, event, label, call, 1, None)
-                results.append(result)
-                if result.error is None:
-                    succeeded.append(label)
-                else:
-                    first_error = first_error or result.error
-                # A retried or dead-lettered handler is not run again for a duplicate either.
-                skip.add(label)
-            if self.dedup_ttl:
-                # Marked per event, so a worker killed mid-message re-runs as little as possible;
-                # the last event's write also forgets the message's count (a round trip of its
-                # own only when that event has no handler to mark).
-                self._finish(keys if position == len(decoded) else [], {event_id: succeeded})
+        deferred: list[tuple[str, BaseEvent, str, float]] = []
+        try:
+            for position, ((message, event), found) in enumerate(zip(decoded, calls, strict=True), 1):
+                event_id = event.id or ""
+                skip = begun.done.setdefault(event_id, set())
+                succeeded: list[str] = []
+                ran: list[RunKey] = []
+                for label, call in found:
+                    if label in skip:
+                        continue
+                    if (event_id, label) in held:
+                        deferred.append((message, event, label, held[event_id, label]))
+                        skip.add(label)
+                        continue
+                    ran.append((event_id, label))
+                    if died:
+                        result = self._counted_attempt(message, event, label, call, 1, None)
+                    else:
+                        result = self._attempt(message, event, label, call, 1, None)
+                    results.append(result)
+                    if result.error is None:
+                        succeeded.append(label)
+                    else:
+                        first_error = first_error or result.error
+                    # A retried or dead-lettered handler is not run again for a duplicate either.
+                    skip.add(label)
+                if self.dedup_ttl:
+                    # Marked per event, so a worker killed mid-message re-runs as little as possible;
+                    # the claims go in the same write, and the last event's write also forgets the
+                    # message's count (a round trip of its own only when that event has nothing to mark).
+                    # Sent without waiting for the store's answer but the last, which reads them all
+                    # before the message is acknowledged: the store has each write before the next
+                    # event runs, and the message costs one round trip more than its begin.
+                    last = position == len(decoded)
+                    release = ran if claims else []
+                    self._finish(keys if last else [], {event_id: succeeded}, release, owner, wait=last)
+        finally:
+            if claims:
+                # An exception that escaped (not a handler's: those are caught) leaves claims
+                # unreleased: stop renewing them, so they end with their lease.
+                self._keeper.forget(owner)
+        if deferred:
+            results += self._defer(deferred)
         if not self.dedup_ttl and self.store is not None:
             # Without dedup there is no write to ride on, and the count need not go before the
             # acknowledgement: a redelivery runs every handler again anyway. So it goes with this
@@ -168,23 +226,46 @@ class Runner:
     def process_retry(
         self, message: str, handler: str, attempt: int, first_failed_at: float | None
     ) -> HandlerResult | None:
-        """Run one handler of an encoded event again (a retry or a replay); ``None`` if already done.
+        """Run one handler of an encoded event again (a retry, a replay, the check of a handler
+        another delivery had claimed); ``None`` if already done, or left to another delivery.
 
         Its start is counted, as in a redelivered event, and a handler whose worker died
-        ``retries + 1`` times while retrying it is dead-lettered (:class:`WorkerDied`).
+        ``retries + 1`` times while retrying it is dead-lettered (:class:`WorkerDied`). With claims
+        on, a handler another delivery holds is checked again when that claim's lease would end:
+        by a retry task, or here, waiting, without ``schedule_retry``.
         """
         event = self.decode(message)
         event_id = event.id or ""
         key = (event_id, handler)
-        begun = self._begin([key], done=[event_id] if self.dedup_ttl else [])
-        if handler in begun.done.get(event_id, set()):
-            self._finish([key], {})
-            return None
+        owner = uuid.uuid4().hex
+        claims = [key] if self._claiming else []
+        pause = _FIRST_PAUSE
+        while True:
+            begun = self._begin([key], done=[event_id] if self.dedup_ttl else [], claims=claims, owner=owner)
+            if handler in begun.done.get(event_id, set()):
+                if not claims:  # a claimed start that was done was not counted
+                    self._finish([key], {})
+                return None
+            if key not in begun.held:
+                break
+            if self.schedule_retry is not None:
+                self._log_deferred(1, [event_id], begun.held[key])
+                self._schedule_check(message, event, handler, attempt, first_failed_at, begun.held[key])
+                return None
+            # No workers to send the check to: wait here, polling a little less often each time.
+            time.sleep(min(pause, self._check_delay(begun.held[key])))
+            pause *= 2
+        self._hold(owner, claims)
         for label, call in event._handler_calls():
             if label == handler:
                 died = begun.unfinished.get(key, 0)
-                return self._counted_attempt(message, event, label, call, attempt, first_failed_at, died=died)
-        self._finish([key], {})
+                try:
+                    return self._counted_attempt(
+                        message, event, label, call, attempt, first_failed_at, died=died, owner=owner, release=claims
+                    )
+                finally:
+                    self._keeper.forget(owner)
+        self._finish([key], {}, claims, owner)
         error = LookupError(f"The event {event.name} has no handler {handler} any more")
         self._dead_letter(message, event, handler, attempt, error, "", first_failed_at or time.time())
         return HandlerResult(event, handler, error, attempt=attempt, dead_lettered=True)
@@ -206,11 +287,14 @@ class Runner:
         first_failed_at: float | None,
         *,
         died: int | None = None,
+        owner: str = "",
+        release: list[RunKey] | None = None,
     ) -> HandlerResult:
         """:meth:`_attempt`, its start counted in the store first and forgotten once it returns.
 
         :param died: the earlier starts that never finished, when the caller already counted
             this start; otherwise it is counted here (a round trip).
+        :param release: claims of ``owner`` to give up with the handler's mark.
         """
         event_id = event.id or ""
         key = (event_id, label)
@@ -233,7 +317,7 @@ class Runner:
             )
             # The dead letter first: dying in between leaves a duplicate dead letter, not a loop.
             self._dead_letter(message, event, label, died, error, "", first_failed_at or time.time())
-            self._finish([key], {})
+            self._finish([key], {}, release or [], owner)
             return HandlerResult(event, label, error, attempt=attempt, dead_lettered=True)
         if died:
             logger.error(
@@ -247,7 +331,7 @@ class Runner:
                 extra={"event_name": event.name, "event_id": event_id, "handler": label, "attempt": attempt},
             )
         result = self._attempt(message, event, label, call, attempt, first_failed_at)
-        self._finish([key], {event_id: [label]} if result.error is None else {})
+        self._finish([key], {event_id: [label]} if result.error is None else {}, release or [], owner)
         return result
 
     def _attempt(
@@ -364,14 +448,85 @@ class Runner:
         logger.error("Cannot process an event message: %s", error, exc_info=True)
         self._dead_letter(str(message), None, "", 1, error, traceback.format_exc(), time.time())
 
-    def _begin(self, keys: list[RunKey], *, done: list[str] | None = None, forget: list[RunKey] | None = None) -> Begun:
-        if self.store is None or not (keys or done or forget):
+    @property
+    def _claiming(self) -> bool:
+        return self.store is not None and self.dedup_ttl > 0 and self.claim_ttl > 0
+
+    def _begin(
+        self,
+        keys: list[RunKey],
+        *,
+        done: list[str] | None = None,
+        forget: list[RunKey] | None = None,
+        claims: list[RunKey] | None = None,
+        owner: str = "",
+    ) -> Begun:
+        if self.store is None or not (keys or done or forget or claims):
             return Begun({}, {})
         try:
-            return self.store.begin(keys, self.starts_ttl, done=done or (), forget=forget or ())
+            return self.store.begin(
+                keys,
+                self.starts_ttl,
+                done=done or (),
+                forget=forget or (),
+                claims=claims or (),
+                owner=owner,
+                lease=self.claim_ttl,
+            )
         except Exception:
             logger.exception("Cannot count the starts of handlers, nor read which ones already ran; running them all")
             return Begun({}, {})
+
+    def _hold(self, owner: str, claims: list[RunKey]) -> None:
+        """Keep ``owner``'s claims alive while it runs them."""
+        if claims and self.store is not None:
+            self._keeper.hold(owner, claims, self.store, self.claim_ttl)
+
+    def _check_delay(self, left: float) -> float:
+        """When to look again at a handler another delivery claimed: once its lease would end,
+        and no later than the longest retry backoff (a Redis broker redelivers a task that waits
+        longer than its visibility timeout, which the README asks to keep above that backoff)."""
+        return min(left + _CHECK_MARGIN, max(self.backoff_max, 1.0))
+
+    def _defer(self, deferred: list[tuple[str, BaseEvent, str, float]]) -> list[HandlerResult]:
+        """Leave handlers claimed by another delivery to it, and check them again later."""
+        ids = list(dict.fromkeys(event.id or "" for _, event, _, _ in deferred))
+        self._log_deferred(len(deferred), ids, max(left for *_, left in deferred))
+        results: list[HandlerResult] = []
+        for message, event, label, left in deferred:
+            if self.schedule_retry is None:
+                result = self.process_retry(message, label, 1, None)
+                if result is not None:
+                    results.append(result)
+            else:
+                self._schedule_check(message, event, label, 1, None, left)
+        return results
+
+    def _log_deferred(self, handlers: int, event_ids: list[str], left: float) -> None:
+        logger.info(
+            "%s of %s claimed by another delivery, which is running them: checking again in %.1fs",
+            _count(handlers, "handler"),
+            _count(len(event_ids), "event"),
+            self._check_delay(left) if self.schedule_retry is not None else left,
+            extra={"event_ids": event_ids, "deferred": handlers},
+        )
+
+    def _schedule_check(
+        self, message: str, event: BaseEvent, label: str, attempt: int, first_failed_at: float | None, left: float
+    ) -> None:
+        """Send the workers a check of one handler for when another delivery's claim would end."""
+        assert self.schedule_retry is not None
+        try:
+            self.schedule_retry(message, label, attempt, first_failed_at, self._check_delay(left))
+        except Exception as exc:
+            # If the holder dies, nothing else would run it: keep it as a dead letter. A replay
+            # of a handler the holder finished finds it done and runs nothing.
+            logger.error(
+                "Cannot schedule a check of %s for event %s, claimed by another delivery: %s", label, event.id, exc
+            )
+            self._dead_letter(
+                message, event, label, attempt, exc, traceback.format_exc(), first_failed_at or time.time()
+            )
 
     def _take_finished(self) -> list[RunKey]:
         """Empty ``_finished``; ``popleft`` is atomic, so threads sharing the runner need no lock."""
@@ -381,13 +536,100 @@ class Runner:
                 taken.append(self._finished.popleft())
         return taken
 
-    def _finish(self, keys: list[RunKey], marks: dict[str, list[str]]) -> None:
-        if self.store is None or not (keys or (self.dedup_ttl and any(marks.values()))):
+    def _finish(
+        self,
+        keys: list[RunKey],
+        marks: dict[str, list[str]],
+        release: list[RunKey] | None = None,
+        owner: str = "",
+        *,
+        wait: bool = True,
+    ) -> None:
+        if self.store is None:
             return
+        if not (keys or release or (self.dedup_ttl and any(marks.values()))):
+            if wait:
+                keys = []  # nothing to write, but the answers to earlier writes must be read
+            else:
+                return
         try:
-            self.store.finish(keys, marks, self.dedup_ttl)
+            self.store.finish(keys, marks, self.dedup_ttl, release=release or (), owner=owner, wait=wait)
         except Exception:
             logger.exception("Cannot record which handlers ran; a redelivery may run them again, one at a time")
+        finally:
+            if release:
+                self._keeper.drop(owner, release)
+
+
+#: The first wait, in seconds, of a caller that waits for another delivery's claim (no workers).
+_FIRST_PAUSE = 0.01
+#: Past the end of another delivery's lease, so that the check finds it ended.
+_CHECK_MARGIN = 0.1
+
+
+class _Keeper:
+    """Renews the claims of the deliveries running in this process, every third of their lease.
+
+    A thread, started with the first claim and gone after a renewal period with none (and
+    started again in a forked child, which has no threads): a process that dies renews nothing,
+    so its claims end with their lease.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, set[RunKey]] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def hold(self, owner: str, claims: Iterable[RunKey], store: Store, lease: float) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's claims and thread are not its own
+                self._pid, self._held, self._thread = os.getpid(), {}, None
+            self._held.setdefault(owner, set()).update(claims)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._renew, args=(store, lease), name="flask-eventlib-claims", daemon=True
+                )
+                self._thread.start()
+
+    def forget(self, owner: str) -> None:
+        with self._lock:
+            self._held.pop(owner, None)
+
+    def drop(self, owner: str, claims: Iterable[RunKey]) -> None:
+        with self._lock:
+            held = self._held.get(owner)
+            if held is not None:
+                held.difference_update(claims)
+                if not held:
+                    del self._held[owner]
+
+    def _renew(self, store: Store, lease: float) -> None:
+        idle = failing = False
+        while True:
+            time.sleep(lease / 3)  # the renewal period, not a wait for work
+            with self._lock:
+                snapshot = {owner: list(runs) for owner, runs in self._held.items()}
+                if not snapshot:
+                    if idle:
+                        self._thread = None
+                        return
+                    idle = True
+                    continue
+                idle = False
+            try:
+                store.renew(snapshot, lease)
+            except Exception:
+                if not failing:
+                    logger.warning(
+                        "Cannot renew the claims of running handlers; if this lasts longer than their "
+                        "lease (%.0fs), another delivery may run them too",
+                        lease,
+                        exc_info=True,
+                    )
+                failing = True
+            else:
+                failing = False
 
 
 class HandlerResult:

@@ -105,3 +105,83 @@ def test_dead_letters_round_trip_oldest_first(store: Store) -> None:
 def test_bad_store_url_says_which_forms_work() -> None:
     with pytest.raises(ConfigurationError, match="sqlite:////absolute/path.sqlite3 or memory://"):
         store_from_url("postgres://x")
+
+
+def test_a_claim_is_taken_once_released_only_by_its_owner_and_not_taken_for_a_done_handler(store: Store) -> None:
+    a, b, c = ("e1", "h1"), ("e1", "h2"), ("e2", "h1")
+    begun = store.begin([], ttl=60, claims=[a, b], owner="first", lease=60)
+    assert begun.held == {} and begun.done == {"e1": set()}
+    # Another owner finds both held, with the seconds left on the lease; the free one is its own.
+    begun = store.begin([], ttl=60, claims=[a, b, c], owner="second", lease=60)
+    assert set(begun.held) == {a, b} and all(50 < left <= 60 for left in begun.held.values())
+    # The same owner asking again renews its claim (a recheck by the same delivery).
+    assert store.begin([], ttl=60, claims=[a], owner="first", lease=60).held == {}
+    # A release by another owner leaves the claim alone.
+    store.finish([], {}, 60, release=[a, b], owner="second")
+    assert set(store.begin([], ttl=60, claims=[a, b], owner="third", lease=60).held) == {a, b}
+    # Marked done and released in one step: nobody claims it again, and the mark is read.
+    store.finish([], {"e1": ["h1"]}, 60, release=[a], owner="first")
+    begun = store.begin([], ttl=60, claims=[a, b], owner="third", lease=60)
+    assert begun.done == {"e1": {"h1"}} and begun.held == {b: begun.held[b]}
+    # Released without a mark (the handler failed): the next delivery takes it.
+    store.finish([], {}, 60, release=[b], owner="first")
+    assert store.begin([], ttl=60, claims=[b], owner="third", lease=60).held == {}
+
+
+def test_a_claim_whose_owner_is_gone_expires_and_renewals_keep_a_live_ones(store: Store) -> None:
+    crashed, running = ("e1", "h"), ("e2", "h")
+    store.begin([], ttl=60, claims=[crashed, running], owner="first", lease=2)
+    assert set(store.begin([], ttl=60, claims=[crashed, running], owner="second", lease=1).held) == {
+        crashed,
+        running,
+    }
+
+    def renewed_and_taken() -> bool:
+        # The live owner renews its claim; the crashed one's lease runs out.
+        store.renew({"first": [running], "other": [crashed]}, lease=5)
+        return store.begin([], ttl=60, claims=[crashed], owner="second", lease=60).held == {}
+
+    wait_for(renewed_and_taken, timeout=6, interval=0.2, what="the crashed owner's claim to expire")
+    assert set(store.begin([], ttl=60, claims=[crashed, running], owner="third", lease=60).held) == {
+        crashed,
+        running,
+    }
+    # A renewal by someone who is not the owner does not bring an expired claim back.
+    store.renew({"first": [crashed]}, lease=60)
+    store.finish([], {}, 60, release=[crashed], owner="second")
+    assert store.begin([], ttl=60, claims=[crashed], owner="third", lease=60).held == {}
+
+
+def test_a_start_is_counted_only_when_its_claim_is_taken(store: Store) -> None:
+    run = ("e1", "h")
+    assert store.begin([run], ttl=60, claims=[run], owner="first", lease=60).unfinished == {run: 0}
+    # Held by "first": "second" neither runs it nor counts a start, and sees the one start made.
+    begun = store.begin([run], ttl=60, claims=[run], owner="second", lease=60)
+    assert run in begun.held and begun.unfinished == {run: 1}
+    assert store.begin([run], ttl=60, claims=[run], owner="second", lease=60).unfinished == {run: 1}
+    # Its owner dies (the claim is released here, as its lease would end): the next start counts.
+    store.finish([], {}, 60, release=[run], owner="first")
+    assert store.begin([run], ttl=60, claims=[run], owner="second", lease=60).unfinished == {run: 1}
+    assert store.begin([run], ttl=60, claims=[run], owner="second", lease=60).unfinished == {run: 2}
+    # Done: not claimed, not counted.
+    store.finish([], {"e1": ["h"]}, 60, release=[run], owner="second")
+    begun = store.begin([run], ttl=60, claims=[run], owner="third", lease=60)
+    assert begun.done == {"e1": {"h"}} and begun.held == {} and begun.unfinished == {run: 3}
+    assert store.begin([run], ttl=60, claims=[run], owner="third", lease=60).unfinished == {run: 3}
+
+
+def test_writes_sent_without_waiting_are_in_the_store_by_the_next_call_and_in_order(store: Store) -> None:
+    runs = [(f"e{n}", "h") for n in range(5)]
+    store.begin([("m", DELIVERY)], ttl=60, claims=runs, owner="me", lease=60)
+    for eid, handler in runs[:-1]:
+        store.finish([], {eid: [handler]}, 60, release=[(eid, handler)], owner="me", wait=False)
+    # Another client sees the writes before any of their answers is read.
+    other = store_from_url(f"{REDIS_URL}?prefix={store.prefix}") if isinstance(store, RedisStore) else store
+    wanted = {"e0": {"h"}, "e3": {"h"}}
+    wait_for(lambda: other.completed(["e0", "e3"]) == wanted, timeout=5, what="the writes sent without waiting")
+    store.finish([("m", DELIVERY)], {"e4": ["h"]}, 60, release=runs[-1:], owner="me")
+    begun = store.begin([("m", DELIVERY)], ttl=60, claims=runs, owner="else", lease=60)
+    assert begun.held == {} and begun.done == {f"e{n}": {"h"} for n in range(5)}
+    assert begun.unfinished == {("m", DELIVERY): 0}
+    if other is not store:
+        other.close()

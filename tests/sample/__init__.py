@@ -27,6 +27,8 @@ def create_app(eventlib: EventLib | None = None, **config: Any) -> Flask:
         SAMPLE_REDIS_URL=os.environ.get("EVENTLIB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         SAMPLE_RECORD_KEY="eventlib-test:records",
         EVENTLIB_RETRY_BACKOFF=0.05,
+        # Short leases: a test that kills a worker sees its claims end within seconds.
+        EVENTLIB_CLAIM_TTL=5,
         EVENTLIB_SPOOL_PATH=os.path.join(tempfile.gettempdir(), f"eventlib-test-spool-{os.getpid()}.sqlite3"),
     )
     app.config.update(config)

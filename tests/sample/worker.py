@@ -1,7 +1,7 @@
 """The module a test worker starts from: ``celery -A tests.sample.worker:celery worker``.
 
 Configured from the environment by the test that starts it; without ``SAMPLE_BROKER_URL`` it uses
-the embedded filesystem broker in ``SAMPLE_FS_DIR``.
+the embedded filesystem broker in ``SAMPLE_FS_DIR``. ``SAMPLE_CONFIG`` (JSON) adds app settings.
 """
 
 import json
@@ -22,5 +22,6 @@ app = create_app(
     EVENTLIB_CELERY_CONFIG=json.loads(os.environ.get("SAMPLE_CELERY_CONFIG") or "{}"),
     # A restarted worker must find the local log its predecessor left: one path for all of them.
     **({"EVENTLIB_SPOOL_PATH": os.environ["SAMPLE_SPOOL_PATH"]} if os.environ.get("SAMPLE_SPOOL_PATH") else {}),
+    **json.loads(os.environ.get("SAMPLE_CONFIG") or "{}"),
 )
 celery = eventlib.celery

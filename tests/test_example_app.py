@@ -42,10 +42,15 @@ def is_setting(variable: str) -> bool:
     return variable.startswith(ENVIRONMENT_PREFIXES) or variable == "PORT"
 
 
+def variable(key: str) -> str:
+    """The environment variable that sets the config key ``key`` (``from_prefixed_env()``'s name)."""
+    return key if key == "PORT" else f"FLASK_{key}"
+
+
 def example_env(settings: dict[str, str]) -> dict[str, str]:
-    """This process's environment with the example's settings replaced by ``settings``."""
+    """This process's environment with the example's settings replaced by ``settings`` (config keys)."""
     env = {key: value for key, value in os.environ.items() if not is_setting(key)}
-    return {**env, **settings}
+    return {**env, **{variable(key): value for key, value in settings.items()}}
 
 
 def create_example_app(settings: dict[str, str]) -> Flask:
@@ -54,7 +59,7 @@ def create_example_app(settings: dict[str, str]) -> Flask:
         for key in [key for key in os.environ if is_setting(key)]:
             patch.delenv(key)
         for key, value in settings.items():
-            patch.setenv(key, value)
+            patch.setenv(variable(key), value)
         return create_app()
 
 
@@ -368,6 +373,29 @@ def test_python_m_example_app_serves_counts_and_stops_its_worker(tmp_path: Path)
 
 def test_python_m_example_app_stops_when_its_worker_dies(tmp_path: Path) -> None:
     with running_runner(tmp_path) as runner:
+        # A worker still starting up ignores SIGQUIT: wait until it is ready (its log is ours).
+        wait_for(lambda: " ready." in runner.log_text(), timeout=30, what=f"the worker (log: {runner.log_path})")
         os.kill(runner.worker_pid(), signal.SIGQUIT)  # Celery's cold shutdown: at once
         assert runner.wait_exit() == 1, runner.log_text()
         assert "The Celery worker exited" in runner.log_text()
+
+
+def test_python_m_example_app_stops_a_worker_that_is_still_starting(tmp_path: Path) -> None:
+    with running_runner(tmp_path) as runner:
+        runner.process.send_signal(signal.SIGTERM)  # as soon as the server answers: the worker may be starting
+        assert runner.wait_exit() == 0, runner.log_text()
+        assert "Killing the worker" not in runner.log_text()
+
+
+def test_python_m_example_app_says_how_to_choose_another_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = example_env({"EXAMPLE_INSTANCE_PATH": str(tmp_path / "instance"), "PORT": str(port)})
+        result = subprocess.run(
+            [sys.executable, "-m", "example_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert f"Port {port} is in use" in result.stderr and f"PORT={port + 1} ./dev.sh example" in result.stderr
+    assert "Celery worker started" not in result.stdout

@@ -28,7 +28,7 @@ from .ingest.settings import settings_from_config
 from .publishers import Background, Eager, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
-from .runner import Runner
+from .runner import Runner, log_outcome
 from .serialization import Codec, default_codec
 from .state import EXTENSION_KEY, EventLibState, state_of
 from .store import MemoryStore, Store, store_from_url
@@ -177,7 +177,9 @@ class EventLib:
 
         def retry(message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
             with app.app_context():
-                runner.process_retry(message, handler, attempt, first_failed_at)
+                result = runner.process_retry(message, handler, attempt, first_failed_at)
+            if result is not None:
+                log_outcome(result.event, [result], retry=True)
 
         task, retry_task = bind_task(celery, queue, run, retry, owner=app, owner_name=app.name)
         state = EventLibState(

@@ -13,7 +13,6 @@ The commands are added to every app ``EventLib`` is initialised on::
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import logging
@@ -197,11 +196,8 @@ def _find(registry: Registry, name: str) -> type[BaseEvent]:
     try:
         return registry.find(name)
     except EventNotFound as exc:
-        guess = difflib.get_close_matches(name, list(registry.events()), n=1)
-        hint = f" Did you mean {guess[0]!r}?" if guess else ""
-        raise click.BadParameter(
-            f"{exc}.{hint} `flask eventlib events` lists every event.", param_hint="NAME"
-        ) from None
+        text = str(exc) if str(exc).endswith((".", "?")) else f"{exc}."
+        raise click.BadParameter(f"{text} `flask eventlib events` lists every event.", param_hint="NAME") from None
 
 
 def _or_error(make: Callable[[], T]) -> T:

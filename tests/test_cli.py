@@ -141,7 +141,12 @@ def test_describe_an_event_without_schema_or_handler(app: Flask) -> None:
             "There is no event named SignedUpp in the users app. Did you mean 'users.SignedUp'? "
             "`flask eventlib events` lists every event.",
         ),
-        ("deals.Nope", "There is no event named Nope in the deals app. `flask eventlib events` lists every event."),
+        ("users.Nope", "There is no event named Nope in the users app. `flask eventlib events` lists every event."),
+        (
+            "user.SignedUp",
+            "There is no event named SignedUp in the user app. There is no app 'user'; the apps with events are "
+            "'users'. Did you mean 'users.SignedUp'? `flask eventlib events` lists every event.",
+        ),
         (
             "SignedUp",
             "'SignedUp' is not an event name: expected 'app.EventName', e.g. 'deals.DealClick'. "

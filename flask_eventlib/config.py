@@ -177,7 +177,9 @@ def _url_problem(value: str, schemes: tuple[str, ...] | None) -> str | None:
 
 def mask_url(value: str) -> str:
     """``value`` with the password of each URL in it replaced by ``***``, for messages and logs."""
-    return re.sub(r"(://[^:/@\s;]*:)[^@/\s;]*@", r"\1***@", value)
+    # Also in a URL missing its colon (``redis//:secret@host``): whatever stands between
+    # ``user:`` and ``@`` after ``//`` or at the start is a password.
+    return re.sub(r"((?://|^|;)[^:/@\s;]*:)[^@/\s;]*@", r"\1***@", value)
 
 
 def validate(conf: Mapping[str, Any]) -> None:

@@ -41,18 +41,21 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_TI
     """Ask the worker to finish (SIGTERM is Celery's warm shutdown), kill it if it hangs; reap it.
 
     A worker still starting up has not installed its signal handlers and may miss the first
-    SIGTERM, so it is sent again every second (a second one is still a warm shutdown).
+    SIGTERM, so it is sent again after 2 s and 6 s (a second one is still a warm shutdown, which
+    Celery logs again: hence not more often).
     """
     if worker.poll() is None:
         print(f" * Stopping the Celery worker (pid {worker.pid})", flush=True)
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
         try:
-            while worker.poll() is None:
-                if time.monotonic() >= deadline:
-                    raise subprocess.TimeoutExpired(worker.args, timeout)
+            for resend_at in (2.0, 6.0, timeout):
                 worker.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    worker.wait(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
+                    worker.wait(timeout=max(min(resend_at, timeout) - (time.monotonic() - start), 0.01))
+                if worker.poll() is not None:
+                    break
+            else:
+                raise subprocess.TimeoutExpired(worker.args, timeout)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             print(" * Killing the worker (it did not stop in time, or Ctrl-C again)", flush=True)
             worker.kill()

@@ -228,3 +228,13 @@ def test_an_event_whose_schema_is_not_marshmallow_is_an_error_message(tmp_path: 
         "Error: tests.test_cli.Broken.schema = 'deal_id: int' is not a Marshmallow schema: set it to a "
         "marshmallow.Schema subclass or instance (or override clean() to validate another way)\n"
     )
+
+
+def test_deadletters_with_the_store_down_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    down = Flask("shop", instance_path=str(tmp_path))
+    EventLib(down, broker_url="memory://", store_url="redis://:s3cret@127.0.0.1:1/0")
+    result = run(down, "deadletters", "list")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: Cannot reach the dead-letter store redis://:***@127.0.0.1:1/0: ConnectionError")
+    assert "EVENTLIB_STORE_URL" in line and "s3cret" not in line

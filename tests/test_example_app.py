@@ -185,7 +185,10 @@ def test_clicks_are_counted_by_the_worker(filesystem_example: Example) -> None:
     event_ids = []
     for deal_id in (7, 7, 7, 42):
         response = client.post(f"/deals/{deal_id}/click")
-        assert response.status_code == 303 and response.headers["Location"] == "/"
+        assert (
+            response.status_code == 303
+            and response.headers["Location"] == f"/?logged=deals.DealClick&event={response.headers['X-Event-Id']}"
+        )
         event_ids.append(response.headers["X-Event-Id"])
     assert client.post("/deals/12345/click").status_code == 404
 
@@ -239,6 +242,21 @@ def test_purchase_schema_converts_the_form_strings(filesystem_example: Example) 
     refused = client.post("/deals/forty-two/buy", data={"amount": "19.90"})
     assert refused.status_code == 400
     assert "deal_id: Not a valid integer." in refused.get_data(as_text=True)
+
+
+def test_each_action_shows_its_result(filesystem_example: Example) -> None:
+    client = filesystem_example.app.test_client()
+    response = client.post("/deals/99/buy", data={"amount": "12.00"}, follow_redirects=True)
+    event_id = response.history[0].headers["X-Event-Id"]
+    page = response.get_data(as_text=True)
+    assert f"Logged <code>deals.Purchase</code> (event {event_id})" in page
+    assert '<link rel="icon" href="data:,">' in page  # no favicon.ico request to answer 404
+    # The dashboard follows the latest events as well as the counts (its script polls this).
+    data = filesystem_example.wait_dashboard(
+        lambda data: any(e["data"].get("amount") == "12.00" for e in data["latest"]), "the purchase among the latest"
+    )
+    assert data["latest"][0]["name"] == "deals.Purchase"
+    assert "refresh();" in client.get("/dashboard").get_data(as_text=True)  # at once on load, not after a tick
 
 
 def test_redis_broker_and_redis_counters(redis_example: tuple[Example, redis.Redis, str]) -> None:

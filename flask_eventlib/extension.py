@@ -106,6 +106,19 @@ class EventLib:
             )
         return celery
 
+    @property
+    def user_options(self) -> Any:
+        """Not a Celery app: what ``celery -A module:eventlib`` reaches first, so it says so.
+
+        :raises ConfigurationError: always, naming the right ``-A`` target.
+        """
+        raise ConfigurationError(
+            "celery -A was given the EventLib extension, not a Celery app. Point it at the Celery app: "
+            "in a module that creates the Flask app, add `celery = eventlib.celery` and run "
+            "`celery -A yourapp.worker:celery worker` (see shop/worker.py in the README), or run "
+            "`flask --app yourapp.worker eventlib worker`."
+        )
+
     def init_app(self, app: Flask) -> None:
         """Configure ``app``: read settings, build its registry and its way to the workers."""
         if EXTENSION_KEY in app.extensions:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +241,24 @@ def test_deadletters_with_the_store_down_is_one_line_not_a_traceback(tmp_path: P
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: Cannot reach the dead-letter store redis://:***@127.0.0.1:1/0: ConnectionError")
     assert "EVENTLIB_STORE_URL" in line and "s3cret" not in line
+
+
+def test_celery_given_the_extension_says_which_target_to_give_it(tmp_path: Path) -> None:
+    (tmp_path / "wrongtarget.py").write_text(
+        "from flask import Flask\n"
+        "from flask_eventlib import EventLib\n"
+        f"app = Flask('wrongtarget', instance_path={str(tmp_path / 'instance')!r})\n"
+        "eventlib = EventLib(app, broker_url='memory://')\n"
+    )
+    path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "wrongtarget:eventlib", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "celery -A was given the EventLib extension, not a Celery app" in last
+    assert "`celery -A yourapp.worker:celery worker`" in last and "user_options" not in last

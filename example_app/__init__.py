@@ -13,28 +13,27 @@ Run it with ``python -m example_app`` (see ``__main__.py``), or by hand::
     flask --app example_app run                                  # another
 
 Settings: ``create_app(**config)`` keywords beat environment variables, which beat the defaults.
-Every ``EVENTLIB_*`` and ``EXAMPLE_*`` environment variable is read, its value parsed as JSON when
-it is JSON (``EVENTLIB_RETRIES=5`` is the int 5), as Flask's ``from_prefixed_env`` does.
+The environment is read with Flask's ``app.config.from_prefixed_env()``, as the README's
+quickstart does: ``FLASK_EVENTLIB_BROKER_URL=redis://...`` sets ``EVENTLIB_BROKER_URL``, and a
+value is parsed as JSON when it is JSON (``FLASK_EVENTLIB_RETRIES=5`` is the int 5).
 
-``EXAMPLE_INSTANCE_PATH``
+``FLASK_EXAMPLE_INSTANCE_PATH``
     Flask's instance folder (default: ``instance/`` beside the package). It holds the SQLite
     database and the embedded filesystem broker's folder, so the web server and the worker
     must agree on it.
-``EVENTLIB_BROKER_URL``
+``FLASK_EVENTLIB_BROKER_URL``
     e.g. ``redis://127.0.0.1:6379/0``; unset means the embedded filesystem broker. Any other
-    ``EVENTLIB_*`` setting of flask-eventlib works the same way (``EVENTLIB_QUEUE``, ...).
-``EXAMPLE_DATABASE``
+    setting of flask-eventlib works the same way (``FLASK_EVENTLIB_QUEUE``, ...).
+``FLASK_EXAMPLE_DATABASE``
     The SQLite file the handlers write (default ``<instance path>/example.sqlite3``).
-``EXAMPLE_REDIS_URL`` / ``EXAMPLE_REDIS_PREFIX``
+``FLASK_EXAMPLE_REDIS_URL`` / ``FLASK_EXAMPLE_REDIS_PREFIX``
     When the URL is set, handlers also count in Redis, under keys starting with the prefix
     (default ``example:``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
@@ -43,20 +42,8 @@ from flask_eventlib import EventLib
 
 from . import store
 
-#: Environment variables with these prefixes are settings.
-ENVIRONMENT_PREFIXES = ("EVENTLIB_", "EXAMPLE_")
-
-
-def settings_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The ``EVENTLIB_*`` and ``EXAMPLE_*`` variables of ``environ``, JSON values parsed."""
-    settings: dict[str, Any] = {}
-    for key, value in environ.items():
-        if key.startswith(ENVIRONMENT_PREFIXES):
-            try:
-                settings[key] = json.loads(value)
-            except ValueError:
-                settings[key] = value
-    return settings
+#: Environment variables with these prefixes are settings (``from_prefixed_env()`` reads ``FLASK_*``).
+ENVIRONMENT_PREFIXES = ("FLASK_",)
 
 
 def create_app(**config: Any) -> Flask:
@@ -65,8 +52,8 @@ def create_app(**config: Any) -> Flask:
     from .deals import bp as deals_bp
     from .views import bp as site_bp
 
-    settings = {**settings_from_environment(), **config}
-    instance_path = settings.pop("EXAMPLE_INSTANCE_PATH", None)
+    # The instance folder is an argument of Flask(), so it is read before the config is.
+    instance_path = config.pop("EXAMPLE_INSTANCE_PATH", None) or os.environ.get("FLASK_EXAMPLE_INSTANCE_PATH")
     app = Flask(__name__, instance_path=os.path.abspath(instance_path) if instance_path else None)
     app.config.update(
         EVENTLIB_HANDLER_MODULES=[f"{__name__}.handlers"],
@@ -74,7 +61,9 @@ def create_app(**config: Any) -> Flask:
         EXAMPLE_REDIS_URL=None,
         EXAMPLE_REDIS_PREFIX="example:",
     )
-    app.config.update(settings)
+    app.config.from_prefixed_env()
+    app.config.pop("EXAMPLE_INSTANCE_PATH", None)
+    app.config.update(config)
 
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config["EXAMPLE_DATABASE"]:

@@ -3,16 +3,18 @@
 The worker is a child process (``celery -A example_app.worker:celery worker``); the server runs in
 this process. Ctrl-C or SIGTERM stops the server, then the worker; a worker that exits on its own
 stops the server too (exit status 1). Settings come from the environment (see the package
-docstring); ``PORT`` picks the server's port (default 5000).
+docstring); ``PORT`` picks the server's port (default 5000): ``PORT=5001 ./dev.sh example``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,17 +33,29 @@ def start_worker(instance_path: str) -> subprocess.Popen[bytes]:
     command += ["--loglevel=INFO", "--concurrency=1"]
     # The worker builds its app from the environment: give it the same instance folder (hence the
     # same filesystem broker folder and SQLite file) however this process found it.
-    env = {**os.environ, "EXAMPLE_INSTANCE_PATH": instance_path}
+    env = {**os.environ, "FLASK_EXAMPLE_INSTANCE_PATH": instance_path}
     return subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=env)
 
 
-def stop_worker(worker: subprocess.Popen[bytes]) -> int:
-    """Ask the worker to finish (SIGTERM is Celery's warm shutdown), kill it if it hangs; reap it."""
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_TIMEOUT) -> int:
+    """Ask the worker to finish (SIGTERM is Celery's warm shutdown), kill it if it hangs; reap it.
+
+    A worker still starting up has not installed its signal handlers and may miss the first
+    SIGTERM, so it is sent again after 2 s and 6 s (a second one is still a warm shutdown, which
+    Celery logs again: hence not more often).
+    """
     if worker.poll() is None:
         print(f" * Stopping the Celery worker (pid {worker.pid})", flush=True)
-        worker.terminate()
+        start = time.monotonic()
         try:
-            worker.wait(timeout=WORKER_STOP_TIMEOUT)
+            for resend_at in (2.0, 6.0, timeout):
+                worker.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(timeout=max(min(resend_at, timeout) - (time.monotonic() - start), 0.01))
+                if worker.poll() is not None:
+                    break
+            else:
+                raise subprocess.TimeoutExpired(worker.args, timeout)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             print(" * Killing the worker (it did not stop in time, or Ctrl-C again)", flush=True)
             worker.kill()
@@ -79,7 +93,16 @@ def main() -> int:
     # Werkzeug's development server, as `flask run` uses (without its reloader, which would run
     # this module again in a child process, with a second worker). It binds the port now: a busy
     # port fails before any worker starts.
-    server = make_server(HOST, port, app, threaded=True)
+    try:
+        server = make_server(HOST, port, app, threaded=True)
+    except SystemExit:  # Werkzeug has said "Port ... is in use by another program" and exits
+        print(
+            f" * Port {port} is in use (another server, or an example still running?): choose another "
+            f"with PORT, e.g. PORT={port + 1} ./dev.sh example (or PORT={port + 1} python -m example_app)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     print(f" * Instance folder: {app.instance_path}", flush=True)
     print(f" * Broker: {broker_description(app)}", flush=True)
     print(f" * Database: {app.config['EXAMPLE_DATABASE']}", flush=True)

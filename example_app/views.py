@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, jsonify, render_template, request
 from werkzeug.wrappers import Response
 
 from . import redis_counters, store
@@ -16,8 +16,9 @@ bp = Blueprint("site", __name__)
 
 @bp.get("/")
 def index() -> str:
-    """The deals, each with a click button and a buy form."""
-    return render_template("index.html", deals=DEALS.values())
+    """The deals, each with a click button and a buy form; after a form, what it logged."""
+    logged = request.args.get("logged"), request.args.get("event")
+    return render_template("index.html", deals=DEALS.values(), logged=logged if all(logged) else None)
 
 
 def dashboard_data() -> dict[str, Any]:
@@ -31,6 +32,10 @@ def dashboard_data() -> dict[str, Any]:
         "revenue": str(revenue),
         "signups": counts.get("signups", 0),
         "redis_clicks": None,
+        # The latest events, so the dashboard follows them as it follows the counts.
+        "latest": [
+            {"name": row.name, "data": row.data, "logged_at": str(row.logged_at)} for row in store.events(limit=10)
+        ],
     }
     if redis_counters.enabled():
         found = redis_counters.read(f"clicks:{deal_id}" for deal_id in deal_ids)

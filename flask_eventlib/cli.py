@@ -14,19 +14,20 @@ The commands are added to every app ``EventLib`` is initialised on::
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import redis
 from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from . import checks
+from . import checks, config
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
 from .registry import Registry
@@ -218,11 +219,8 @@ def _find(registry: Registry, name: str) -> type[BaseEvent]:
     try:
         return registry.find(name)
     except EventNotFound as exc:
-        guess = difflib.get_close_matches(name, list(registry.events()), n=1)
-        hint = f" Did you mean {guess[0]!r}?" if guess else ""
-        raise click.BadParameter(
-            f"{exc}.{hint} `flask eventlib events` lists every event.", param_hint="NAME"
-        ) from None
+        text = str(exc) if str(exc).endswith((".", "?")) else f"{exc}."
+        raise click.BadParameter(f"{text} `flask eventlib events` lists every event.", param_hint="NAME") from None
 
 
 def _or_error(make: Callable[[], T]) -> T:
@@ -244,7 +242,23 @@ def _schema_name(cls: type[BaseEvent], *, full: bool = False) -> str:
 # -- dead letters -------------------------------------------------------------------------------
 
 
-@eventlib_cli.group("deadletters")
+class _StoreCommands(AppGroup):
+    """Commands that read the store: a store that cannot be reached is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (redis.RedisError, sqlite3.Error, OSError) as exc:
+            # The subcommand's app context is gone by now: ask the script info for the app again.
+            app = ctx.ensure_object(ScriptInfo).load_app()
+            url = app.config.get(config.STORE_URL) or "the default store (the broker's Redis, or SQLite)"
+            raise click.ClickException(
+                f"Cannot reach the dead-letter store {config.mask_url(url)}: {type(exc).__name__}: {exc}. "
+                f"Is it running? {config.STORE_URL} (or {config.BROKER_URL}) says where it is."
+            ) from None
+
+
+@eventlib_cli.group("deadletters", cls=_StoreCommands)
 def deadletters() -> None:
     """Events whose handler failed its last attempt: list, show, replay and purge them."""
 

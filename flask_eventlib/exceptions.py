@@ -14,12 +14,23 @@ class ConfigurationError(EventlibError, RuntimeError):
 
 
 class EventNotFound(EventlibError, LookupError):
-    """No event is registered under the name given to ``log()``."""
+    """No event is registered under the name given to ``log()``.
 
-    def __init__(self, message: str, *, name: str | None = None) -> None:
-        super().__init__(message)
+    Its text is the spec's sentence (``"There is no event named X in the Y app"``), then, when
+    there is one, a hint: the nearest event name, or the apps that exist.
+
+    :param hint: what to try instead, e.g. ``"Did you mean 'deals.DealClick'?"``.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, hint: str | None = None) -> None:
+        super().__init__(f"{message}. {hint}" if hint else message)
+        #: The spec's sentence alone, without the hint (what a browser is told: the hint names
+        #: events it may not log).
+        self.message = message
         #: The name that was looked up.
         self.name = name
+        #: What to try instead, or ``None``.
+        self.hint = hint
 
 
 class EventNotPublic(EventlibError, PermissionError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import logging
 import os
 import sys
@@ -28,11 +29,19 @@ from .locallog import DURABILITIES, LocalLog
 from .publishers import Background, Eager, Pending, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
-from .runner import Runner
+from .runner import Runner, log_outcome
 from .serialization import Codec, default_codec
 from .state import EXTENSION_KEY, EventLibState, state_of
 from .store import MemoryStore, Store, store_from_url
-from .tasks import bind_task, create_celery, filesystem_broker_settings, make_schedule_retry, make_send, unbind
+from .tasks import (
+    bind_task,
+    check_broker_url,
+    create_celery,
+    filesystem_broker_settings,
+    make_schedule_retry,
+    make_send,
+    unbind,
+)
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -98,6 +107,19 @@ class EventLib:
             )
         return celery
 
+    @property
+    def user_options(self) -> Any:
+        """Not a Celery app: what ``celery -A module:eventlib`` reaches first, so it says so.
+
+        :raises ConfigurationError: always, naming the right ``-A`` target.
+        """
+        raise ConfigurationError(
+            "celery -A was given the EventLib extension, not a Celery app. Point it at the Celery app: "
+            "in a module that creates the Flask app, add `celery = eventlib.celery` and run "
+            "`celery -A yourapp.worker:celery worker` (see shop/worker.py in the README), or run "
+            "`flask --app yourapp.worker eventlib worker`."
+        )
+
     def init_app(self, app: Flask) -> None:
         """Configure ``app``: read settings, build its registry and its way to the workers."""
         if EXTENSION_KEY in app.extensions:
@@ -110,6 +132,10 @@ class EventLib:
         for key, default in config.DEFAULTS.items():
             app.config.setdefault(key, copy.deepcopy(default))
         conf = app.config
+        # Nothing is ignored: a misspelled key, a value of the wrong type or a URL that does not
+        # parse fails here, in every process, rather than as events that never arrive.
+        config.validate(conf)
+        _warn_unread_environment(app)
         queue = conf[config.QUEUE]
         eager = bool(conf[config.ALWAYS_EAGER])
 
@@ -118,6 +144,15 @@ class EventLib:
         registry = self._build_registry(app)
         # A Celery app passed in is used as it is; otherwise each Flask app gets its own.
         celery = self._celery if self._celery is not None else self._create_celery(app, queue)
+        if not eager and str(celery.conf.broker_url or "").startswith("filesystem") and not (app.debug or app.testing):
+            logger.warning(
+                "The Flask app %r sends its events through the embedded filesystem broker in %s: events stay "
+                "on this machine, and only a worker on this machine runs their handlers. Set "
+                "EVENTLIB_BROKER_URL to a Redis or RabbitMQ URL in production (this warning is not shown "
+                "in debug or testing mode).",
+                app.name,
+                (celery.conf.broker_transport_options or {}).get("data_folder_in", "?").rpartition("/")[0],
+            )
         store = self._create_store(app, celery, eager)
         runner = Runner(
             registry,
@@ -160,7 +195,9 @@ class EventLib:
 
         def retry(message: str, handler: str, attempt: int, first_failed_at: float | None) -> None:
             with app.app_context():
-                runner.process_retry(message, handler, attempt, first_failed_at)
+                result = runner.process_retry(message, handler, attempt, first_failed_at)
+            if result is not None:
+                log_outcome(result.event, [result], retry=True)
 
         task, retry_task = bind_task(celery, queue, run, retry, owner=app, owner_name=app.name)
         state = EventLibState(
@@ -227,7 +264,7 @@ class EventLib:
             return store_from_url(url)
         if eager:
             return MemoryStore()
-        broker = str(celery.conf.broker_url or "")
+        broker = str(celery.conf.broker_url or "").split(";")[0]  # the first of a fail-over list
         if broker.startswith(("redis://", "rediss://")):
             return store_from_url(broker)
         return store_from_url("sqlite:///" + os.path.join(app.instance_path, "eventlib-store.sqlite3"))
@@ -237,7 +274,9 @@ class EventLib:
         settings = {"broker_connection_timeout": float(conf[config.PUBLISH_TIMEOUT])}
         settings.update(conf[config.CELERY_CONFIG])
         broker_url = conf[config.BROKER_URL]
-        if not broker_url:
+        if broker_url:
+            check_broker_url(config.BROKER_URL, broker_url)
+        else:
             # Its folders are made on first use (a publish, a worker's start), not here.
             folder = conf[config.FILESYSTEM_BROKER_DIR] or os.path.join(app.instance_path, "eventlib-broker")
             broker_url = "filesystem://"
@@ -322,6 +361,36 @@ def _app_package(app: Flask) -> str:
     own = sys.modules.get(app.import_name)
     package = app.import_name if hasattr(own, "__path__") else app.import_name.rpartition(".")[0]
     return package or app.import_name
+
+
+def _warn_unread_environment(app: Flask) -> None:
+    """Warn when the environment sets a setting this app's config does not have.
+
+    The extension reads ``app.config`` only: ``EVENTLIB_BROKER_URL=redis://... celery worker`` on
+    an app that does not read its environment would run on the embedded broker, unnoticed.
+    """
+    for key in config.SETTINGS:
+        for variable in (key, "FLASK_" + key):
+            raw = os.environ.get(variable)
+            if raw is None:
+                continue
+            try:
+                wanted = json.loads(raw)
+            except ValueError:
+                wanted = raw
+            if app.config.get(key) != wanted:
+                shown = config.mask_url(raw) if "URL" in key else raw
+                logger.warning(
+                    "The environment sets %s=%r, but the Flask app %r has %s=%r: flask-eventlib reads "
+                    "app.config only. Call app.config.from_prefixed_env() in the app factory, before "
+                    "init_app, and name the variable FLASK_%s.",
+                    variable,
+                    shown,
+                    app.name,
+                    key,
+                    config.mask_url(app.config[key]) if isinstance(app.config[key], str) else app.config[key],
+                    key,
+                )
 
 
 def _warn_unlisted(app: Flask, registry: Registry) -> None:

@@ -324,7 +324,7 @@ class Sender:
             except Exception as exc:
                 self._broker_down = True
                 self._next_retry = time.monotonic() + self.retry_interval
-                logger.warning("The broker refused %d events (%s); keeping them in the spool", len(batch), exc)
+                logger.warning("%s; keeping them in the spool", _broker_failure(len(batch), exc))
         self._keep(batch, "broker unavailable")
 
     def _spool_usable(self) -> bool:
@@ -437,3 +437,14 @@ def _shut_down_all() -> None:
             sender.shutdown(timeout=5.0)
         except Exception:
             logger.exception("flask-eventlib: a sender failed to finish at exit")
+
+
+def _broker_failure(count: int, exc: BaseException) -> str:
+    """What the sender says when a publish failed: a timeout is not a refusal, and counts agree."""
+    events = f"{count} event{'' if count == 1 else 's'}"
+    text = f"{type(exc).__name__}: {exc}"
+    # redis-py's "Timeout reading from socket" comes as its own TimeoutError, py-amqp's as "timed out".
+    said = f"{type(exc).__name__} {exc}".lower()
+    if isinstance(exc, TimeoutError) or "timeout" in said or "timed out" in said:
+        return f"The broker did not answer in time, for {events} ({text})"
+    return f"The broker refused {events} ({text})"

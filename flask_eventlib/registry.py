@@ -8,6 +8,7 @@ registry, as blueprint names are unique per app: two apps in one process may eac
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -119,9 +120,30 @@ class Registry:
             raise EventNotFound(
                 f"{name!r} is not an event name: expected 'app.EventName', e.g. 'deals.DealClick'",
                 name=name if isinstance(name, str) else None,
+                hint=self._hint(name) if isinstance(name, str) and "." not in name and name else None,
             )
         label, event = name.split(".")
-        raise EventNotFound(f"There is no event named {event} in the {label} app", name=name)
+        raise EventNotFound(f"There is no event named {event} in the {label} app", name=name, hint=self._hint(name))
+
+    def _hint(self, name: str) -> str | None:
+        """What to say after "There is no event named ...": the nearest name, the apps there are."""
+        names = list(self._events)
+        if not names:
+            return (
+                "This app has no events: they are the BaseEvent classes of the events module of a blueprint's "
+                "package (registered on the app before init_app), or of a module in EVENTLIB_EVENT_MODULES."
+            )
+        label, _, event = name.rpartition(".")
+        apps = sorted({known.split(".")[0] for known in names})
+        # The event's own name decides: "deals.Nope" is not a typo of "deals.Typed" for sharing "deals.".
+        same_app = [known for known in names if known.split(".")[0] == label] or names
+        by_event = {known.split(".")[1]: known for known in reversed(same_app)}
+        guess = difflib.get_close_matches(event, list(by_event), n=1)
+        suggestion = f"Did you mean {by_event[guess[0]]!r}?" if guess else None
+        if not label or label in apps:
+            return suggestion
+        there = f"There is no app {label!r}; the apps with events are {', '.join(repr(app) for app in apps)}."
+        return f"{there} {suggestion}" if suggestion else there
 
     def events(self) -> dict[str, type[BaseEvent]]:
         """Every registered event, by name, sorted."""

@@ -48,6 +48,9 @@ from .serialization import Codec
 from .store import DELIVERY, Begun, DeadLetter, RunKey, Store
 
 logger = logging.getLogger("flask_eventlib")
+#: One INFO line per event a worker processed, with each handler's outcome (a child of
+#: ``flask_eventlib``: set its level to WARNING to silence it alone).
+outcomes = logging.getLogger("flask_eventlib.outcomes")
 
 #: ``(message, handler, attempt, first_failed_at, delay)``: run one handler again later.
 ScheduleRetry = Callable[[str, str, int, "float | None", float], None]
@@ -177,6 +180,7 @@ class Runner:
                 skip = begun.done.setdefault(event_id, set())
                 succeeded: list[str] = []
                 ran: list[RunKey] = []
+                start = len(results)
                 for label, call in found:
                     if label in skip:
                         continue
@@ -196,6 +200,7 @@ class Runner:
                         first_error = first_error or result.error
                     # A retried or dead-lettered handler is not run again for a duplicate either.
                     skip.add(label)
+                log_outcome(event, results[start:])
                 if self.dedup_ttl:
                     # Marked per event, so a worker killed mid-message re-runs as little as possible;
                     # the claims go in the same write, and the last event's write also forgets the
@@ -661,6 +666,47 @@ class HandlerResult:
     def __repr__(self) -> str:
         state = "ok" if self.error is None else f"failed: {self.error!r}"
         return f"<HandlerResult {self.event.name} {self.handler} attempt {self.attempt} {state}>"
+
+
+def log_outcome(event: BaseEvent, results: list[HandlerResult], *, retry: bool = False) -> None:
+    """Log, at INFO on ``flask_eventlib.outcomes``, what each handler of ``event`` did in one delivery.
+
+    ``results`` are the attempts made; a handler without one was skipped, done by an earlier
+    delivery (dedup).
+
+    :param retry: ``results`` are retries of some handlers only: name those alone.
+    """
+    if not outcomes.isEnabledFor(logging.INFO):
+        return
+    by_label = {result.handler: result for result in results}
+    labels = [] if retry else [label for label, _ in event._handler_calls()]
+    labels += [label for label in by_label if label not in labels]
+    parts = []
+    for label in labels:
+        result = by_label.get(label)
+        if result is None:
+            state = "skipped (done before)"
+        elif result.error is None:
+            state = "ok" if result.attempt == 1 else f"ok at attempt {result.attempt}"
+        else:
+            error = f"{type(result.error).__name__}: {result.error}"
+            if result.dead_lettered:
+                state = f"failed ({error}), dead-lettered after {_count(result.attempt, 'attempt')}"
+            elif result.retry_in is not None:
+                state = f"failed ({error}), retry in {result.retry_in:.1f}s"
+            else:
+                state = f"failed ({error})"
+        parts.append(f"{label} {state}")
+    outcome = "; ".join(parts) if parts else "no handlers (is its handlers' module in EVENTLIB_HANDLER_MODULES?)"
+    failed = sum(1 for result in results if result.error is not None)
+    outcomes.info(
+        "%s %s (id %s): %s",
+        "Retried event" if retry else "Event",
+        event.name,
+        event.id,
+        outcome,
+        extra={"event_name": event.name, "event_id": event.id, "handlers_failed": failed},
+    )
 
 
 def message_key(event_ids: Iterable[str]) -> str:

@@ -12,7 +12,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init
 from kombu import Queue  # type: ignore[attr-defined]
+from kombu.transport import TRANSPORT_ALIASES
 
+from .config import mask_url
 from .exceptions import ConfigurationError
 
 logger = logging.getLogger("flask_eventlib")
@@ -45,6 +47,20 @@ def create_celery(name: str, *, broker_url: str, queue: str, settings: dict[str,
     )
     celery.conf.update(settings)
     return celery
+
+
+def check_broker_url(key: str, url: str) -> None:
+    """Refuse a broker URL whose scheme names no kombu transport (a typo such as ``redsi://``).
+
+    :raises ConfigurationError: naming ``key`` and ``url`` (its password masked).
+    """
+    for part in url.split(";"):
+        scheme = part.strip().partition("://")[0]
+        if scheme.partition("+")[0] not in TRANSPORT_ALIASES:
+            raise ConfigurationError(
+                f"{key} = {mask_url(url)!r}: {scheme!r} is not a broker kombu knows; use redis://host:6379/0, "
+                f"amqp://user:password@host:5672// or one of {', '.join(sorted(TRANSPORT_ALIASES))}"
+            )
 
 
 def ensure_broker_folders(celery: Celery) -> None:

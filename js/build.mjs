@@ -1,6 +1,6 @@
 // Builds the client: `node js/build.mjs [outdir]`.
-//   dist/eventlib.js       the ES module (package.json "exports")
-//   dist/eventlib.min.js   the minified IIFE that defines window.yipit.event ("unpkg")
+//   js/dist/eventlib.js       the ES module (package.json "exports")
+//   js/dist/eventlib.min.js   the minified IIFE that defines window.yipit.event ("unpkg")
 // and copies the IIFE to flask_eventlib/static/eventlib.js, the file the blueprint serves (it is
 // committed, so `pip install` needs no node). With an outdir, writes all three there instead: the
 // tests build into a temporary folder and compare.
@@ -11,7 +11,7 @@ import { build } from 'esbuild'
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const outdir = process.argv[2] ? resolve(process.argv[2]) : null
-const dist = outdir || join(root, 'dist')
+const dist = outdir || join(root, 'js', 'dist') // not dist/, which Python's build writes
 const served = outdir ? join(outdir, 'static-eventlib.js') : join(root, 'flask_eventlib', 'static', 'eventlib.js')
 const common = { bundle: true, target: 'es2020', legalComments: 'none', logLevel: 'warning' }
 

@@ -49,8 +49,9 @@ export interface EventError {
 /** What a `log()` call's Promise resolves with; it never rejects. */
 export interface LogResult {
   /**
-   * The server accepted the event: its handlers will run (exactly once for this id, even if the
-   * request was retried). Also `true`, with `status` 0, for an event sent as a beacon while the
+   * The server accepted the event: each of its handlers will run at least once, and the workers'
+   * dedup by event id keeps a retried request from running a handler that already succeeded
+   * again (within `EVENTLIB_DEDUP_TTL`; see the README's delivery guarantees). Also `true`, with `status` 0, for an event sent as a beacon while the
    * page was being left: the browser took it, and its answer cannot be read.
    */
   ok: boolean

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,7 +144,12 @@ def test_describe_an_event_without_schema_or_handler(app: Flask) -> None:
             "There is no event named SignedUpp in the users app. Did you mean 'users.SignedUp'? "
             "`flask eventlib events` lists every event.",
         ),
-        ("deals.Nope", "There is no event named Nope in the deals app. `flask eventlib events` lists every event."),
+        ("users.Nope", "There is no event named Nope in the users app. `flask eventlib events` lists every event."),
+        (
+            "user.SignedUp",
+            "There is no event named SignedUp in the user app. There is no app 'user'; the apps with events are "
+            "'users'. Did you mean 'users.SignedUp'? `flask eventlib events` lists every event.",
+        ),
         (
             "SignedUp",
             "'SignedUp' is not an event name: expected 'app.EventName', e.g. 'deals.DealClick'. "
@@ -223,3 +231,34 @@ def test_an_event_whose_schema_is_not_marshmallow_is_an_error_message(tmp_path: 
         "Error: tests.test_cli.Broken.schema = 'deal_id: int' is not a Marshmallow schema: set it to a "
         "marshmallow.Schema subclass or instance (or override clean() to validate another way)\n"
     )
+
+
+def test_deadletters_with_the_store_down_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    down = Flask("shop", instance_path=str(tmp_path))
+    EventLib(down, broker_url="memory://", store_url="redis://:s3cret@127.0.0.1:1/0")
+    result = run(down, "deadletters", "list")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: Cannot reach the dead-letter store redis://:***@127.0.0.1:1/0: ConnectionError")
+    assert "EVENTLIB_STORE_URL" in line and "s3cret" not in line
+
+
+def test_celery_given_the_extension_says_which_target_to_give_it(tmp_path: Path) -> None:
+    (tmp_path / "wrongtarget.py").write_text(
+        "from flask import Flask\n"
+        "from flask_eventlib import EventLib\n"
+        f"app = Flask('wrongtarget', instance_path={str(tmp_path / 'instance')!r})\n"
+        "eventlib = EventLib(app, broker_url='memory://')\n"
+    )
+    path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "wrongtarget:eventlib", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "celery -A was given the EventLib extension, not a Celery app" in last
+    assert "`celery -A yourapp.worker:celery worker`" in last and "user_options" not in last

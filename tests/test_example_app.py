@@ -42,10 +42,15 @@ def is_setting(variable: str) -> bool:
     return variable.startswith(ENVIRONMENT_PREFIXES) or variable == "PORT"
 
 
+def variable(key: str) -> str:
+    """The environment variable that sets the config key ``key`` (``from_prefixed_env()``'s name)."""
+    return key if key == "PORT" else f"FLASK_{key}"
+
+
 def example_env(settings: dict[str, str]) -> dict[str, str]:
-    """This process's environment with the example's settings replaced by ``settings``."""
+    """This process's environment with the example's settings replaced by ``settings`` (config keys)."""
     env = {key: value for key, value in os.environ.items() if not is_setting(key)}
-    return {**env, **settings}
+    return {**env, **{variable(key): value for key, value in settings.items()}}
 
 
 def create_example_app(settings: dict[str, str]) -> Flask:
@@ -54,7 +59,7 @@ def create_example_app(settings: dict[str, str]) -> Flask:
         for key in [key for key in os.environ if is_setting(key)]:
             patch.delenv(key)
         for key, value in settings.items():
-            patch.setenv(key, value)
+            patch.setenv(variable(key), value)
         return create_app()
 
 
@@ -180,7 +185,10 @@ def test_clicks_are_counted_by_the_worker(filesystem_example: Example) -> None:
     event_ids = []
     for deal_id in (7, 7, 7, 42):
         response = client.post(f"/deals/{deal_id}/click")
-        assert response.status_code == 303 and response.headers["Location"] == "/"
+        assert (
+            response.status_code == 303
+            and response.headers["Location"] == f"/?logged=deals.DealClick&event={response.headers['X-Event-Id']}"
+        )
         event_ids.append(response.headers["X-Event-Id"])
     assert client.post("/deals/12345/click").status_code == 404
 
@@ -234,6 +242,21 @@ def test_purchase_schema_converts_the_form_strings(filesystem_example: Example) 
     refused = client.post("/deals/forty-two/buy", data={"amount": "19.90"})
     assert refused.status_code == 400
     assert "deal_id: Not a valid integer." in refused.get_data(as_text=True)
+
+
+def test_each_action_shows_its_result(filesystem_example: Example) -> None:
+    client = filesystem_example.app.test_client()
+    response = client.post("/deals/99/buy", data={"amount": "12.00"}, follow_redirects=True)
+    event_id = response.history[0].headers["X-Event-Id"]
+    page = response.get_data(as_text=True)
+    assert f"Logged <code>deals.Purchase</code> (event {event_id})" in page
+    assert '<link rel="icon" href="data:,">' in page  # no favicon.ico request to answer 404
+    # The dashboard follows the latest events as well as the counts (its script polls this).
+    data = filesystem_example.wait_dashboard(
+        lambda data: any(e["data"].get("amount") == "12.00" for e in data["latest"]), "the purchase among the latest"
+    )
+    assert data["latest"][0]["name"] == "deals.Purchase"
+    assert "refresh();" in client.get("/dashboard").get_data(as_text=True)  # at once on load, not after a tick
 
 
 def test_redis_broker_and_redis_counters(redis_example: tuple[Example, redis.Redis, str]) -> None:
@@ -368,6 +391,29 @@ def test_python_m_example_app_serves_counts_and_stops_its_worker(tmp_path: Path)
 
 def test_python_m_example_app_stops_when_its_worker_dies(tmp_path: Path) -> None:
     with running_runner(tmp_path) as runner:
+        # A worker still starting up ignores SIGQUIT: wait until it is ready (its log is ours).
+        wait_for(lambda: " ready." in runner.log_text(), timeout=30, what=f"the worker (log: {runner.log_path})")
         os.kill(runner.worker_pid(), signal.SIGQUIT)  # Celery's cold shutdown: at once
         assert runner.wait_exit() == 1, runner.log_text()
         assert "The Celery worker exited" in runner.log_text()
+
+
+def test_python_m_example_app_stops_a_worker_that_is_still_starting(tmp_path: Path) -> None:
+    with running_runner(tmp_path) as runner:
+        runner.process.send_signal(signal.SIGTERM)  # as soon as the server answers: the worker may be starting
+        assert runner.wait_exit() == 0, runner.log_text()
+        assert "Killing the worker" not in runner.log_text()
+
+
+def test_python_m_example_app_says_how_to_choose_another_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = example_env({"EXAMPLE_INSTANCE_PATH": str(tmp_path / "instance"), "PORT": str(port)})
+        result = subprocess.run(
+            [sys.executable, "-m", "example_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert f"Port {port} is in use" in result.stderr and f"PORT={port + 1} ./dev.sh example" in result.stderr
+    assert "Celery worker started" not in result.stdout

@@ -263,6 +263,15 @@ def test_refusals(
     assert document["errors"][0]["message"]
 
 
+def test_an_unknown_event_gets_no_did_you_mean_which_could_name_a_private_event(
+    client: FlaskClient, records: Records
+) -> None:
+    (error,) = refused(client.post("/event/log", json={"event": "deals.DealClik"}), 404, "unknown_event", records)[
+        "errors"
+    ]
+    assert error["message"] == "There is no event named DealClik in the deals app"
+
+
 def test_validation_errors_carry_the_messages(client: FlaskClient, records: Records) -> None:
     response = client.post("/event/log", json={"event": "web.Rating", "data": {"stars": "many"}})
     (error,) = refused(response, 400, "validation_error", records)["errors"]

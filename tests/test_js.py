@@ -88,10 +88,10 @@ def test_the_package_json_ships_only_the_builds_and_the_types() -> None:
     exports = package["exports"]["."]
     assert list(exports) == ["types", "default"], "types first, as TypeScript wants"
     shipped = set(package["files"])
-    assert shipped == {"dist/eventlib.js", "dist/eventlib.min.js", "js/index.d.ts"}
+    assert shipped == {"js/dist/eventlib.js", "js/dist/eventlib.min.js", "js/index.d.ts"}
     for path in [*exports.values(), package["unpkg"], package["types"], package["module"]]:
         assert path.removeprefix("./") in shipped, path
-    assert package["unpkg"] == "./dist/eventlib.min.js"
+    assert package["unpkg"] == "./js/dist/eventlib.min.js"
 
 
 # -- the types --------------------------------------------------------------------------------------

@@ -460,3 +460,26 @@ def test_an_orderly_exit_tries_the_broker_once_more_and_says_what_is_left(
     else:
         assert sent == [] and Spool(path).pending() == 100
         assert f"100 events are left in the spool {path} at exit; the next process using it sends them" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (TimeoutError("Timeout reading from socket"), "The broker did not answer in time, for 1 event (TimeoutError"),
+        (
+            ConnectionRefusedError("[Errno 111] Connection refused"),
+            "The broker refused 1 event (ConnectionRefusedError",
+        ),
+    ],
+)
+def test_the_sender_says_whether_the_broker_timed_out_or_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, said: str
+) -> None:
+    def send(batch: list[str]) -> None:
+        raise error
+
+    sender = Sender(send, spool=Spool(str(tmp_path / "s.sqlite3")), max_batch=3, retry_interval=60)
+    with caplog.at_level(logging.WARNING, logger="flask_eventlib"):
+        sender.submit(["m"])
+        assert sender.flush(5)
+    assert any(r.getMessage().startswith(said) for r in caplog.records), [r.getMessage() for r in caplog.records]

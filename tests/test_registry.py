@@ -31,8 +31,34 @@ def test_unknown_event_message_is_the_specs() -> None:
     with pytest.raises(EventNotFound) as info:
         registry.find("deals.DoesNotExist")
     assert str(info.value) == "There is no event named DoesNotExist in the deals app"
-    with pytest.raises(EventNotFound, match="^There is no event named X in the nowhere app$"):
-        registry.find("nowhere.X")
+    assert info.value.message == str(info.value) and info.value.hint is None  # nothing close to suggest
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("deals.DealClik", "Did you mean 'deals.DealClick'?"),
+        (
+            "deal.DealClick",
+            "There is no app 'deal'; the apps with events are 'deals', 'users'. Did you mean 'deals.DealClick'?",
+        ),
+        ("nowhere.X", "There is no app 'nowhere'; the apps with events are 'deals', 'users'."),
+    ],
+)
+def test_unknown_event_message_is_the_specs_then_a_hint(name: str, hint: str) -> None:
+    registry = Registry()
+    registry.register_event("deals", DealClick)
+    registry.register_event("users", type("SignedUp", (BaseEvent,), {}))
+    with pytest.raises(EventNotFound) as info:
+        registry.find(name)
+    label, event = name.split(".")
+    assert info.value.message == f"There is no event named {event} in the {label} app"
+    assert str(info.value) == f"{info.value.message}. {hint}" and info.value.hint == hint
+
+
+def test_an_app_without_events_says_where_events_come_from() -> None:
+    with pytest.raises(EventNotFound, match=r"in the deals app\. This app has no events: .*events module"):
+        Registry().find("deals.DealClick")
 
 
 @pytest.mark.parametrize("name", ["DealClick", "deals.DealClick.extra", "", "deals.", 42, None])

@@ -84,3 +84,16 @@ def test_a_pickled_message_is_refused_by_the_worker(worker: Worker) -> None:
     worker.records.wait_handlers(after, 4)
     wait_for(lambda: "untrusted content of type pickle" in worker.log_text(), what="the refusal in the log")
     assert not any(entry["data"].get("deal_id") == "'pickled'" for entry in worker.records.all())
+
+
+def test_the_worker_logs_one_info_line_per_event_with_its_handlers_outcomes(worker: Worker) -> None:
+    with worker.app.app_context():
+        event_id = log("deals.DealClick", {"deal_id": 8})
+    worker.records.wait_handlers(event_id, 4)
+    line = wait_for(
+        lambda: next((line for line in worker.log_text().splitlines() if f"(id {event_id}):" in line), None),
+        what="the event's line in the worker's log",
+    )
+    assert "INFO" in line and f"Event deals.DealClick (id {event_id}): " in line
+    assert "tests.sample.deals.events.DealClick.first ok; tests.sample.deals.events.DealClick.second ok; " in line
+    assert line.endswith("tests.sample.handlers.audit ok")

@@ -33,9 +33,9 @@ DEALS: dict[int, Deal] = {
 }
 
 
-def _logged(event_id: str) -> Response:
-    """Back to the deals, with the logged event's id in a header (the tests use it)."""
-    response = redirect(url_for("site.index"), code=303)
+def _logged(name: str, event_id: str) -> Response:
+    """Back to the deals, which say what was logged; the event's id is in a header too (the tests use it)."""
+    response = redirect(url_for("site.index", logged=name, event=event_id), code=303)
     response.headers["X-Event-Id"] = event_id
     return response
 
@@ -45,7 +45,7 @@ def click(deal_id: int) -> Response:
     """Log ``deals.DealClick``; a worker counts it."""
     if deal_id not in DEALS:
         abort(404)
-    return _logged(flask_eventlib.log("deals.DealClick", {"deal_id": deal_id}))
+    return _logged("deals.DealClick", flask_eventlib.log("deals.DealClick", {"deal_id": deal_id}))
 
 
 @bp.post("/<deal_id>/buy")
@@ -58,4 +58,4 @@ def buy(deal_id: str) -> Response | tuple[str, int]:
         event_id = flask_eventlib.log("deals.Purchase", data)
     except flask_eventlib.ValidationError as exc:
         return render_template("error.html", title="Purchase refused", error=exc), 400
-    return _logged(event_id)
+    return _logged("deals.Purchase", event_id)

@@ -194,7 +194,8 @@ def _log(state: EventLibState, items: list[Item]) -> tuple[list[str], list[Probl
             problems.append(Problem(403, "private_event", clip(str(exc)), item.index, event, item.id))
             continue
         except EventNotFound as exc:
-            problems.append(Problem(404, "unknown_event", clip(str(exc)), item.index, event, item.id))
+            # The spec's sentence without the hint, which could name events browsers may not log.
+            problems.append(Problem(404, "unknown_event", clip(exc.message), item.index, event, item.id))
             continue
         except ValidationError as exc:
             message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else f"The data of {event} is invalid."

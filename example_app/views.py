@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, render_template, request
 from werkzeug.wrappers import Response
 
 from . import redis_counters, store
@@ -34,7 +34,14 @@ def dashboard_data() -> dict[str, Any]:
         "redis_clicks": None,
         # The latest events, so the dashboard follows them as it follows the counts.
         "latest": [
-            {"name": row.name, "data": row.data, "logged_at": str(row.logged_at)} for row in store.events(limit=10)
+            # ``text``: the data as the page shows it (Flask's ``tojson``), so a refresh changes nothing else.
+            {
+                "name": row.name,
+                "data": row.data,
+                "text": current_app.json.dumps(row.data),
+                "logged_at": str(row.logged_at),
+            }
+            for row in store.events(limit=10)
         ],
     }
     if redis_counters.enabled():

@@ -25,7 +25,7 @@ from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
 from .ingest import register_http
 from .ingest.settings import settings_from_config
-from .locallog import DURABILITIES, LocalLog
+from .locallog import LocalLog
 from .publishers import Background, Eager, Pending, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
@@ -337,11 +337,7 @@ class _RequestHooks:
 def _local_log(app: Flask, spool_path: str) -> LocalLog | None:
     """The app's local log (``None`` with ``EVENTLIB_DURABILITY = "memory"``)."""
     conf = app.config
-    durability = conf[config.DURABILITY]
-    if durability not in DURABILITIES:
-        raise ConfigurationError(
-            f"{config.DURABILITY} must be one of {', '.join(map(repr, DURABILITIES))}, not {durability!r}"
-        )
+    durability = conf[config.DURABILITY]  # checked with every setting (config.validate)
     if durability == "memory":
         return None
     folder = conf[config.LOCAL_LOG_DIR] or os.path.splitext(spool_path)[0] + "-log"

@@ -45,12 +45,9 @@ from typing import Any
 
 from . import signals
 
-__all__ = ["DURABILITIES", "LocalLog", "Segment", "Ticket"]
+__all__ = ["LocalLog", "Segment", "Ticket"]
 
 logger = logging.getLogger("flask_eventlib")
-
-#: The durability levels: what a logged event survives.
-DURABILITIES = ("memory", "process", "machine")
 
 _MAGIC = b"eventlib-log 1 "
 _HEADER = len(_MAGIC) + 16 + 1  # the magic, the watermark as 16 digits, a newline
@@ -95,9 +92,9 @@ class Segment:
         self.closed = False
         self._pending: collections.deque[Ticket] = collections.deque()
 
-    @property
     def unreleased(self) -> int:
-        return len(self._pending)
+        """Events appended (or recovered) here that the broker has not got yet."""
+        return sum(t.count for t in self._pending if not t.released)
 
     def track(self, ticket: Ticket) -> None:
         self._pending.append(ticket)
@@ -250,7 +247,7 @@ class LocalLog:
         """Events in this process's segments and those it recovers that the broker has not got."""
         with self._lock:
             segments = [*self._segments, *self._recovering.values()]
-            return sum(t.count for s in segments for t in s._pending if not t.released)
+            return sum(segment.unreleased() for segment in segments)
 
     def close(self) -> None:
         """At exit: remove the segments whose events were all sent; leave the others for recovery."""

@@ -155,16 +155,17 @@ class Sender:
         with self._done_cond:
             queued = self._submitted - self._done
         in_memory, spooled = len(self._backlog) + queued, self._spooled()
-        kept = self.local_log.pending() if self.local_log is not None else 0
         if self.local_log is not None:
+            kept = self.local_log.pending()  # in memory too, but safe: not lost
             self.local_log.close()
-        if kept:
-            logger.warning(
-                "flask-eventlib: %d events are left in the local log %s at exit; the next process using it sends them",
-                kept,
-                self.local_log.folder if self.local_log else None,
-            )
-            in_memory = max(in_memory - kept, 0)
+            if kept:
+                logger.warning(
+                    "flask-eventlib: %d events are left in the local log %s at exit; the next process using it sends "
+                    "them",
+                    kept,
+                    self.local_log.folder,
+                )
+                in_memory = max(in_memory - kept, 0)
         if spooled:
             logger.warning(
                 "flask-eventlib: %d events are left in the spool %s at exit; the next process using it sends them",

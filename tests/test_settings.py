@@ -59,6 +59,8 @@ def test_a_misspelled_constructor_argument_suggests_the_setting() -> None:
         (config.CELERY_CONFIG, [], "EVENTLIB_CELERY_CONFIG must be a dict"),
         (config.SPOOL_PATH, 3, "EVENTLIB_SPOOL_PATH must be a path"),
         (config.STORE_URL, "postgres://db/x", "EVENTLIB_STORE_URL = 'postgres://db/x' is not a valid URL"),
+        (config.DURABILITY, "disk", "EVENTLIB_DURABILITY must be one of 'memory', 'process', 'machine'"),
+        (config.LOCAL_LOG_MAX_BYTES, "64M", "EVENTLIB_LOCAL_LOG_MAX_BYTES must be an integer of at least 1"),
     ],
 )
 def test_each_value_is_type_checked_and_the_error_names_the_key(

@@ -227,6 +227,12 @@ def settle(run: Run, ids: list[str], what: str) -> dict[str, int]:
         pytest.fail(f"{missing} of the {len(wanted)} events of {what} were never handled (lost)")
 
 
+def assert_each_ran_once(ids: list[str], runs: dict[str, int]) -> None:
+    """Every event of a 2xx answer ran once, and no event (answered or not) ran twice."""
+    assert [i for i in ids if runs.get(i) != 1] == []
+    assert [i for i, count in runs.items() if count != 1] == []
+
+
 def figures(what: str, ids: list[str], runs: dict[str, int], extra: str = "") -> str:
     lost = len(set(ids) - set(runs))
     duplicated = sum(1 for count in runs.values() if count > 1)
@@ -275,8 +281,7 @@ def test_gunicorn_workers_sigkilled_under_load_lose_nothing(mode: list[str], run
         runs = settle(run, ids, "the requests answered 2xx")
     finally:
         server.stop()
-    assert [i for i in ids if runs.get(i) != 1] == []
-    assert [i for i, count in runs.items() if count != 1] == []
+    assert_each_ran_once(ids, runs)
     chaos_report.append(
         figures(
             f"gunicorn {mode[0].split('=')[1]} {' '.join(mode[1:])}, {requests} requests, 10 workers SIGKILLed",
@@ -324,8 +329,7 @@ def test_a_quick_shutdown_of_gevent_workers_loses_nothing(run: Run, chaos_report
         wait_for(lambda: not run.segments(), timeout=30, what="the dead workers' segments to go")
     finally:
         server.stop()
-    assert [i for i in ids if runs.get(i) != 1] == []
-    assert [i for i, count in runs.items() if count != 1] == []
+    assert_each_ran_once(ids, runs)
     chaos_report.append(
         figures(
             f"gevent quick shutdown (SIGINT) after {requests // 2} of {requests} requests",

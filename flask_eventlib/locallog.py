@@ -361,9 +361,15 @@ class LocalLog:
         if now < self._failing_until:
             return None
         if self._segments:
-            self._segments[-1].sealed = True
-            if self._segments[-1].done():
-                self._remove(self._segments[-1])
+            previous = self._segments[-1]
+            previous.sealed = True
+            if previous.done():
+                self._remove(previous)
+            elif self.durability == "machine" and previous.map is not None and previous.synced < previous.size:
+                # A sync covers the segment of the ticket it is given: what went before, in the
+                # segment that takes no more appends, goes to the disk now.
+                previous.map.flush()
+                previous.synced = previous.size
         name = f"{os.getpid()}-{time.time_ns():x}"
         temporary = os.path.join(self.folder, f".{name}.new")
         path = os.path.join(self.folder, name + _SUFFIX)

@@ -153,6 +153,18 @@ def test_the_log_starts_new_segments_and_removes_sent_ones(tmp_path: Path) -> No
     assert len(segments(tmp_path)) == 1  # the one that takes the next appends
 
 
+def test_machine_durability_syncs_a_segment_when_the_next_one_starts(tmp_path: Path) -> None:
+    """A request's events may straddle two segments; syncing its last ticket covers both."""
+    log = LocalLog(str(tmp_path), durability="machine", segment_bytes=200)
+    tickets = [log.append([m]) for m in events(10)]
+    assert all(t is not None for t in tickets)
+    first, last = tickets[0], tickets[-1]
+    assert first is not None and last is not None and first.segment is not last.segment
+    log.sync(last)
+    for ticket in tickets:
+        assert ticket is not None and ticket.segment.synced >= ticket.end
+
+
 def test_a_full_log_keeps_events_in_memory_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     seen: list[dict[str, Any]] = []
 

@@ -354,9 +354,11 @@ class Runner:
         backoff = policy.backoff if policy and policy.backoff is not None else self.backoff
         sender = self.signal_sender
         while True:
+            started = time.perf_counter()
             try:
                 call()
             except Exception as exc:
+                duration = time.perf_counter() - started
                 now = time.time()
                 first_failed_at = first_failed_at or now
                 final = isinstance(exc, DontRetry) or attempt > retries
@@ -378,7 +380,15 @@ class Runner:
                     exc_info=True,
                     extra={"event_name": event.name, "event_id": event.id, "handler": label, "attempt": attempt},
                 )
-                signals.send(signals.handler_failed, sender, event=event, handler=label, attempt=attempt, error=exc)
+                signals.send(
+                    signals.handler_failed,
+                    sender,
+                    event=event,
+                    handler=label,
+                    attempt=attempt,
+                    error=exc,
+                    duration=duration,
+                )
                 if final:
                     self._dead_letter(message, event, label, attempt, exc, traceback.format_exc(), first_failed_at)
                     return HandlerResult(event, label, exc, attempt=attempt, dead_lettered=True)
@@ -394,7 +404,10 @@ class Runner:
                     return HandlerResult(event, label, exc, attempt=attempt, dead_lettered=True)
                 return HandlerResult(event, label, exc, attempt=attempt, retry_in=delay)
             else:
-                signals.send(signals.handler_succeeded, sender, event=event, handler=label, attempt=attempt)
+                duration = time.perf_counter() - started
+                signals.send(
+                    signals.handler_succeeded, sender, event=event, handler=label, attempt=attempt, duration=duration
+                )
                 return HandlerResult(event, label, None, attempt=attempt)
 
     def _retries(self, call: Callable[[], Any]) -> int:

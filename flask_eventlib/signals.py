@@ -12,8 +12,8 @@ into ``log()`` or a worker. The receiver gets the app, then these keyword argume
   broker goes on, and while the broker is down events wait in memory.
 - ``local_log_failed(folder, reason)``: the local log could not keep events (a full or read-only
   disk, or its ``EVENTLIB_LOCAL_LOG_MAX_BYTES`` reached); they wait in memory only until sent.
-- ``handler_succeeded(event, handler, attempt)``
-- ``handler_failed(event, handler, attempt, error)``: every failure, retried or not.
+- ``handler_succeeded(event, handler, attempt, duration)``: ``duration`` in seconds.
+- ``handler_failed(event, handler, attempt, error, duration)``: every failure, retried or not.
 - ``handler_retried(event, handler, attempt, delay)``: a retry was scheduled.
 - ``handler_dead_lettered(event, handler, attempt, error)``: the last attempt failed.
 """

@@ -61,6 +61,9 @@ def test_signals_follow_an_event_through_retries_to_success(
         ("handler_succeeded", "flaky", 3),
     ]
     assert received[0][1] is retrying_app and received[0][2]["event"].id == event_id
+    # Each outcome carries the handler's run time, for metrics' duration histograms.
+    durations = [kwargs["duration"] for name, _, kwargs in received if name in ("handler_succeeded", "handler_failed")]
+    assert len(durations) == 4 and all(isinstance(d, float) and 0 <= d < 5 for d in durations)
 
 
 def test_dead_letter_and_rejection_signals(

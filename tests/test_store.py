@@ -185,3 +185,19 @@ def test_writes_sent_without_waiting_are_in_the_store_by_the_next_call_and_in_or
     assert begun.unfinished == {("m", DELIVERY): 0}
     if other is not store:
         other.close()
+
+
+def test_resp_packs_what_redis_reads(redis_client: redis.Redis) -> None:
+    """The hand packing of the hot paths' writes (flask_eventlib.resp), against a real server."""
+    from flask_eventlib import resp
+
+    assert resp.pack("SET", "k", 1) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n"
+    key = f"eventlib-test:resp:{uuid.uuid4().hex}"
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        conn.send_packed_command([resp.pack("SET", key, "é\r\n", "EX", 60)])
+        assert conn.read_response() in (b"OK", "OK")
+    finally:
+        redis_client.connection_pool.release(conn)
+    assert redis_client.get(key) == "é\r\n".encode()
+    redis_client.delete(key)

@@ -352,14 +352,15 @@ RATE_LIMIT_STORAGE_URL = setting(
 )
 
 
-def needs(module: str, extra: str) -> Check:
-    """``True`` or ``False``; ``True`` only where ``module`` is installed (``pip install 'flask-eventlib[extra]'``)."""
+def needs(module: str, package: str, extra: str) -> Check:
+    """``True`` or ``False``; ``True`` only where ``module`` is installed (from ``package``, in
+    ``pip install 'flask-eventlib[extra]'``)."""
 
     def check(key: str, value: Any) -> None:
         boolean(key, value)
         if value and not _installed(module):
             raise ConfigurationError(
-                f"{key} = True needs the {module.partition('.')[0]} package, which is not installed: "
+                f"{key} = True needs the {package} package, which is not installed: "
                 f"pip install 'flask-eventlib[{extra}]' (or set {key} = False)"
             )
 
@@ -380,14 +381,14 @@ def _path_or_none(key: str, value: Any) -> None:
 
 #: Count events and handlers in Prometheus metrics (``flask_eventlib.metrics``; needs
 #: ``pip install 'flask-eventlib[metrics]'``). Default ``False``.
-METRICS = setting("EVENTLIB_METRICS", False, needs("prometheus_client", "metrics"))
+METRICS = setting("EVENTLIB_METRICS", False, needs("prometheus_client", "prometheus-client", "metrics"))
 #: Where the app serves the metrics, with ``EVENTLIB_METRICS``; ``None`` serves none (route
 #: ``flask_eventlib.metrics.view`` yourself). Default ``"/metrics"``.
 METRICS_URL = setting("EVENTLIB_METRICS_URL", "/metrics", _path_or_none)
 #: Carry the trace context of the code that calls ``log()`` in each event, and run each handler
 #: in an OpenTelemetry span that continues it (``flask_eventlib.tracing``; needs
 #: ``pip install 'flask-eventlib[tracing]'``). Default ``False``.
-TRACING = setting("EVENTLIB_TRACING", False, needs("opentelemetry.trace", "tracing"))
+TRACING = setting("EVENTLIB_TRACING", False, needs("opentelemetry.trace", "opentelemetry-api", "tracing"))
 
 #: Every setting's default, by key (derived from :data:`SETTINGS`).
 DEFAULTS: dict[str, Any] = {key: declared.default for key, declared in SETTINGS.items()}

@@ -131,7 +131,10 @@ def test_names_a_caller_sends_never_become_labels() -> None:
     assert invented not in response.text and "not an event name" not in response.text
     after = parse(response.text)
     key = {"event": "(unknown)", "reason": "not_found"}
-    assert value(after, "eventlib_events_rejected_total", **key) - value(before, "eventlib_events_rejected_total", **key) == 3
+    assert (
+        value(after, "eventlib_events_rejected_total", **key) - value(before, "eventlib_events_rejected_total", **key)
+        == 3
+    )
 
 
 def test_the_app_chooses_the_url_or_routes_the_view_itself() -> None:
@@ -165,7 +168,7 @@ def test_on_without_prometheus_client_is_a_clear_error(monkeypatch: pytest.Monke
     with pytest.raises(ConfigurationError) as found:
         EventLib(app, always_eager=True, broker_url="memory://", metrics=True)
     assert str(found.value) == (
-        "EVENTLIB_METRICS = True needs the prometheus_client package, which is not installed: "
+        "EVENTLIB_METRICS = True needs the prometheus-client package, which is not installed: "
         "pip install 'flask-eventlib[metrics]' (or set EVENTLIB_METRICS = False)"
     )
     assert "eventlib" not in app.extensions
@@ -349,7 +352,9 @@ def test_gunicorn_and_celery_processes_add_up(deployment: dict[str, Any]) -> Non
             start_new_session=True,
         )
     try:
-        wait_for(lambda: answers(server, serve_port, "/", serve_log), timeout=30, what="python -m flask_eventlib.metrics")
+        wait_for(
+            lambda: answers(server, serve_port, "/", serve_log), timeout=30, what="python -m flask_eventlib.metrics"
+        )
         assert counts(http_get(serve_port, "/").decode()) == expected
     finally:
         stop_process(server)

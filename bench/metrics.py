@@ -5,8 +5,9 @@ Both sides are benchmark 3's flask-eventlib worker (prefork, 2 children, dedup o
 per handler run), on the same queue contents; "on" sets ``EVENTLIB_METRICS = True`` in the worker
 and ``PROMETHEUS_MULTIPROC_DIR`` in its environment (multiprocess mode, what a prefork worker
 needs), so each handler run costs its signals' receivers, a counter and a histogram written to a
-memory-mapped file. The runs alternate off, on, on, off, so a drift of the (shared) machine
-touches both sides; the ratio is that of the two sides' mean rates.
+memory-mapped file. The runs alternate off, on, on, off, off, on, so a drift of the (shared)
+machine touches both sides. 7a compares the mean rates; 7b the CPU time the worker's processes
+spent per event, which other processes on the machine disturb less.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .app import create_app
 from .inprocess import preload_events
-from .measure import Row, Target
-from .procs import celery_worker, wait_for
+from .measure import Row, Target, micros
+from .procs import celery_worker, cpu_seconds, wait_for
 from .workers import CONCURRENCY, Throughput
 
 if TYPE_CHECKING:
@@ -47,7 +49,15 @@ def _environment(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = before
 
 
-def throughput(run: Run, name: str, metrics: bool) -> Throughput:
+@dataclass
+class Measured:
+    """One worker run: its rate, and the CPU time its processes spent per event meanwhile."""
+
+    throughput: Throughput
+    cpu_per_event: float | None  #: seconds; ``None`` without ``/proc``
+
+
+def throughput(run: Run, name: str, metrics: bool) -> Measured:
     """Fill a queue with the run's worker events (metrics off in this process), then time a worker."""
     events = run.sizes.worker_events
     config = run.config(name, BENCH_TOTAL=events)
@@ -60,26 +70,43 @@ def throughput(run: Run, name: str, metrics: bool) -> Throughput:
     with tempfile.TemporaryDirectory(prefix="eventlib-bench-prometheus-", dir=run.folder) as folder:
         with _environment(MULTIPROC_DIR, folder if metrics else None):
             worker = celery_worker("celery", log_path, worker_config, CONCURRENCY)
+        start: tuple[float | None, int] | None = None
         with worker:
 
             def finished() -> bool:
+                nonlocal start
                 worker.check_alive()
+                if start is None and run.client.exists(f"{key}:first"):
+                    # From the first handler run on: the worker's start-up is not counted.
+                    start = (
+                        cpu_seconds([worker.process.pid, *worker.children()]),
+                        int(run.client.get(f"{key}:count") or 0),
+                    )
                 return bool(run.client.exists(f"{key}:last"))
 
             wait_for(finished, timeout=60 + events / 100, what=f"the worker to run {events} events (log: {log_path})")
+            spent = cpu_seconds([worker.process.pid, *worker.children()])
         if metrics and not any(entry.startswith("histogram_") for entry in os.listdir(folder)):
             raise RuntimeError(f"the worker with metrics on wrote no histogram to {folder} (log: {log_path})")
     first, last, count = run.client.mget(f"{key}:first", f"{key}:last", f"{key}:count")
     if int(count or 0) != events:
         raise RuntimeError(f"the handlers ran {int(count or 0)} times for {events} events")
-    return Throughput(events, float(last or 0) - float(first or 0), messages)
+    cpu = None
+    if start is not None and start[0] is not None and spent is not None and events > start[1]:
+        cpu = (spent - start[0]) / (events - start[1])
+    elif spent is not None:  # all done before the first look (a tiny --quick run): start-up included
+        cpu = spent / events
+    return Measured(Throughput(events, float(last or 0) - float(first or 0), messages), cpu)
 
 
 def bench_metrics(run: Run) -> None:
     """7. Worker events per second, metrics on against off."""
-    row = Row(
-        "7",
-        "worker events/s, Prometheus metrics on (multiprocess) vs off",
+    rate = Row(
+        "7a", "worker events/s, Prometheus metrics on (multiprocess) vs off", "", "", None, Target(0.95, at_most=False)
+    )
+    cpu = Row(
+        "7b",
+        "worker events per CPU-second, metrics on vs off (the rate an idle machine would reach)",
         "",
         "",
         None,
@@ -87,22 +114,32 @@ def bench_metrics(run: Run) -> None:
     )
 
     def body() -> None:
-        measured: dict[bool, list[float]] = {False: [], True: []}
-        for n, metrics in enumerate((False, True, True, False)):
-            found = throughput(run, f"metrics-{n}-{'on' if metrics else 'off'}", metrics)
-            measured[metrics].append(found.per_second)
-        on, off = (sum(measured[side]) / len(measured[side]) for side in (True, False))
-        row.ours = f"{on:,.0f}/s ({run.sizes.worker_events} events, runs {_rates(measured[True])})"
-        row.baseline = f"metrics off: {off:,.0f}/s (runs {_rates(measured[False])})"
-        row.ratio = on / off
+        measured: dict[bool, list[Measured]] = {False: [], True: []}
+        for n, metrics in enumerate((False, True, True, False, False, True)):
+            measured[metrics].append(throughput(run, f"metrics-{n}-{'on' if metrics else 'off'}", metrics))
+        rates = {side: [found.throughput.per_second for found in measured[side]] for side in measured}
+        on, off = (sum(rates[side]) / len(rates[side]) for side in (True, False))
+        rate.ours = f"{on:,.0f}/s ({run.sizes.worker_events} events, runs {_rates(rates[True])})"
+        rate.baseline = f"metrics off: {off:,.0f}/s (runs {_rates(rates[False])})"
+        rate.ratio = on / off
+        spent = {side: [found.cpu_per_event for found in measured[side]] for side in measured}
+        if all(value is not None for values in spent.values() for value in values):
+            per = {side: sorted(value for value in spent[side] if value is not None) for side in spent}
+            on_cpu, off_cpu = (values[len(values) // 2] for values in (per[True], per[False]))
+            cpu.ours = f"{micros(on_cpu)} CPU/event (runs {', '.join(micros(v) for v in per[True])})"
+            cpu.baseline = f"metrics off: {micros(off_cpu)} CPU/event (runs {', '.join(micros(v) for v in per[False])})"
+            cpu.ratio = off_cpu / on_cpu
+        else:
+            cpu.missing = "n/a (no /proc)"
         run.report.notes.append(
-            f"7: benchmark 3's worker (prefork, {CONCURRENCY} children, dedup on) run 4 times on "
-            f"{run.sizes.worker_events} events each, metrics off, on, on, off; on = EVENTLIB_METRICS and "
-            "PROMETHEUS_MULTIPROC_DIR in the worker. "
-            "The ratio is the mean rate on over the mean rate off."
+            f"7: benchmark 3's worker (prefork, {CONCURRENCY} children, dedup on) run 6 times on "
+            f"{run.sizes.worker_events} events each, metrics off, on, on, off, off, on; on = EVENTLIB_METRICS and "
+            "PROMETHEUS_MULTIPROC_DIR in the worker. 7a: the mean rate on over the mean rate off. 7b: the median "
+            "CPU time (user + system) of the worker's processes per event off over on, from the first handler "
+            "run to the last, which other processes on a shared machine disturb less than the rate."
         )
 
-    run.step("7. worker throughput, metrics on vs off (real workers)", [row], body)
+    run.step("7. worker throughput, metrics on vs off (real workers)", [rate, cpu], body)
 
 
 def _rates(rates: list[float]) -> str:

@@ -103,9 +103,11 @@ class CallTimes:
 
     log: list[float]
     delay: list[float]
+    #: Each round's (log, delay) durations, in the order they ran.
+    rounds: list[tuple[list[float], list[float]]]
 
 
-def log_vs_delay(app: Flask, samples: list[int], requests: int, rounds: int = 2) -> CallTimes:
+def log_vs_delay(app: Flask, samples: list[int], requests: int, rounds: int = 5) -> CallTimes:
     """Time every ``log()`` in ``requests`` requests of ``PER_REQUEST`` events, then every raw ``delay()``.
 
     The log requests run back to back, so the background sender publishes the previous requests'
@@ -117,15 +119,19 @@ def log_vs_delay(app: Flask, samples: list[int], requests: int, rounds: int = 2)
         for _ in range(20):
             call(path)
     _flush(app)
-    result = CallTimes([], [])
+    result = CallTimes([], [], [])
     per_round = max(1, requests // rounds)
     for _ in range(rounds):
-        for path, into in (("/timed/log/10", result.log), ("/timed/delay/10", result.delay)):
+        measured: list[list[float]] = []
+        for path in ("/timed/log/10", "/timed/delay/10"):
             samples.clear()
             for _ in range(per_round):
                 call(path)
-            into.extend(ns / 1e9 for ns in samples)
+            measured.append([ns / 1e9 for ns in samples])
             _flush(app)
+        result.log.extend(measured[0])
+        result.delay.extend(measured[1])
+        result.rounds.append((measured[0], measured[1]))
     return result
 
 

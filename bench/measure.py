@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,25 +62,51 @@ class Row:
     target: Target | None = None
     #: Why there is no ratio ("n/a (...)"), shown in its place.
     missing: str = ""
+    #: The ratio of each round, when the row ran in rounds; ``ratio`` is then their median.
+    rounds: list[float] = field(default_factory=list)
 
     @property
     def result(self) -> str:
+        """``pass`` or ``FAIL`` on the median; ``borderline`` when the median meets the target
+        but a round does not (the spread crosses it)."""
         if self.ratio is None:
             return "n/a"
         if self.target is None:
             return "info"
-        return "pass" if self.target.met(self.ratio) else "FAIL"
+        if not self.target.met(self.ratio):
+            return "FAIL"
+        return "pass" if all(self.target.met(r) for r in self.rounds) else "borderline"
+
+    @property
+    def spread(self) -> str:
+        """The rounds' lowest and highest ratios, and how many rounds there were."""
+        if not self.rounds:
+            return "—"
+        return f"{_ratio(min(self.rounds))} to {_ratio(max(self.rounds))} ({len(self.rounds)})"
 
     def cells(self) -> list[str]:
         ratio = (self.missing or "n/a") if self.ratio is None else _ratio(self.ratio)
-        return [self.id, self.what, self.ours, self.baseline, ratio, str(self.target or "—"), self.result]
+        return [self.id, self.what, self.ours, self.baseline, ratio, self.spread, str(self.target or "—"), self.result]
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values`` (the mean of the middle two for an even count)."""
+    if not values:
+        raise ValueError("no values")
+    return float(statistics.median(values))
+
+
+def chunks(samples: Sequence[float], count: int) -> list[Sequence[float]]:
+    """``samples`` cut into ``count`` consecutive parts of (nearly) equal size."""
+    size = max(1, len(samples) // count)
+    return [samples[i * size : (i + 1) * size] for i in range(min(count, len(samples)))]
 
 
 def _ratio(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-HEADER = ["#", "benchmark", "flask-eventlib", "baseline", "ratio", "target", "result"]
+HEADER = ["#", "benchmark", "flask-eventlib", "baseline", "ratio (median)", "spread (rounds)", "target", "result"]
 
 
 def table(rows: Sequence[Row]) -> str:

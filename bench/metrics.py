@@ -5,9 +5,9 @@ Both sides are benchmark 3's flask-eventlib worker (prefork, 2 children, dedup o
 per handler run), on the same queue contents; "on" sets ``EVENTLIB_METRICS = True`` in the worker
 and ``PROMETHEUS_MULTIPROC_DIR`` in its environment (multiprocess mode, what a prefork worker
 needs), so each handler run costs its signals' receivers, a counter and a histogram written to a
-memory-mapped file. The runs alternate off, on, on, off, off, on, so a drift of the (shared)
-machine touches both sides. 7a compares the mean rates; 7b the CPU time the worker's processes
-spent per event, which other processes on the machine disturb less.
+memory-mapped file. Each round runs both sides, in alternating order, so a drift of the (shared)
+machine touches both; a row's ratio is the median of its rounds'. 7a compares the rates; 7b the
+CPU time the worker's processes spent per event, which other processes on the machine disturb less.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .app import create_app
 from .inprocess import preload_events
-from .measure import Row, Target, micros
+from .measure import Row, Target, median, micros
 from .procs import celery_worker, cpu_seconds, wait_for
 from .workers import CONCURRENCY, Throughput
 
@@ -100,7 +100,7 @@ def throughput(run: Run, name: str, metrics: bool) -> Measured:
 
 
 def bench_metrics(run: Run) -> None:
-    """7. Worker events per second, metrics on against off."""
+    """7. Worker events per second, metrics on against off, in rounds (one run of each side)."""
     rate = Row(
         "7a", "worker events/s, Prometheus metrics on (multiprocess) vs off", "", "", None, Target(0.95, at_most=False)
     )
@@ -114,32 +114,45 @@ def bench_metrics(run: Run) -> None:
     )
 
     def body() -> None:
+        rounds = run.sizes.worker_rounds
         measured: dict[bool, list[Measured]] = {False: [], True: []}
-        for n, metrics in enumerate((False, True, True, False, False, True)):
-            measured[metrics].append(throughput(run, f"metrics-{n}-{'on' if metrics else 'off'}", metrics))
+        for number in range(rounds):
+            # Off then on, then on then off: a drift of the machine falls on both sides.
+            for metrics in (False, True) if number % 2 == 0 else (True, False):
+                name = f"metrics-{number}-{'on' if metrics else 'off'}"
+                measured[metrics].append(throughput(run, name, metrics))
         rates = {side: [found.throughput.per_second for found in measured[side]] for side in measured}
-        on, off = (sum(rates[side]) / len(rates[side]) for side in (True, False))
-        rate.ours = f"{on:,.0f}/s ({run.sizes.worker_events} events, runs {_rates(rates[True])})"
-        rate.baseline = f"metrics off: {off:,.0f}/s (runs {_rates(rates[False])})"
-        rate.ratio = on / off
+        _fill_rounds(
+            rate,
+            f"{median(rates[True]):,.0f}/s ({run.sizes.worker_events} events; runs {_rates(rates[True])})",
+            f"metrics off: {median(rates[False]):,.0f}/s (runs {_rates(rates[False])})",
+            [on / off for on, off in zip(rates[True], rates[False], strict=True)],
+        )
         spent = {side: [found.cpu_per_event for found in measured[side]] for side in measured}
         if all(value is not None for values in spent.values() for value in values):
-            per = {side: sorted(value for value in spent[side] if value is not None) for side in spent}
-            on_cpu, off_cpu = (values[len(values) // 2] for values in (per[True], per[False]))
-            cpu.ours = f"{micros(on_cpu)} CPU/event (runs {', '.join(micros(v) for v in per[True])})"
-            cpu.baseline = f"metrics off: {micros(off_cpu)} CPU/event (runs {', '.join(micros(v) for v in per[False])})"
-            cpu.ratio = off_cpu / on_cpu
+            on_cpu = [value for value in spent[True] if value is not None]
+            off_cpu = [value for value in spent[False] if value is not None]
+            _fill_rounds(
+                cpu,
+                f"{micros(median(on_cpu))} CPU/event (runs {', '.join(micros(v) for v in on_cpu)})",
+                f"metrics off: {micros(median(off_cpu))} CPU/event (runs {', '.join(micros(v) for v in off_cpu)})",
+                [off / on for on, off in zip(on_cpu, off_cpu, strict=True)],
+            )
         else:
             cpu.missing = "n/a (no /proc)"
         run.report.notes.append(
-            f"7: benchmark 3's worker (prefork, {CONCURRENCY} children, dedup on) run 6 times on "
-            f"{run.sizes.worker_events} events each, metrics off, on, on, off, off, on; on = EVENTLIB_METRICS and "
-            "PROMETHEUS_MULTIPROC_DIR in the worker. 7a: the mean rate on over the mean rate off. 7b: the median "
-            "CPU time (user + system) of the worker's processes per event off over on, from the first handler "
-            "run to the last, which other processes on a shared machine disturb less than the rate."
+            f"7: benchmark 3's worker (prefork, {CONCURRENCY} children, dedup on), {rounds} rounds of one run "
+            f"with metrics off and one with them on (the order alternating), {run.sizes.worker_events} events "
+            "each; on = EVENTLIB_METRICS and PROMETHEUS_MULTIPROC_DIR in the worker. 7a: rate on / rate off. "
+            "7b: the CPU time (user + system) of the worker's processes per event, off / on, from the first "
+            "handler run to the last, which other processes on a shared machine disturb less than the rate."
         )
 
     run.step("7. worker throughput, metrics on vs off (real workers)", [rate, cpu], body)
+
+
+def _fill_rounds(row: Row, ours: str, baseline: str, ratios: list[float]) -> None:
+    row.ours, row.baseline, row.rounds, row.ratio = ours, baseline, list(ratios), median(ratios)
 
 
 def _rates(rates: list[float]) -> str:

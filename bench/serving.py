@@ -170,11 +170,9 @@ class Comparison:
         return Load(requests, seconds, sum(x.failed for x in loads), loads[0].tool, cpu)
 
     @property
-    def ratio(self) -> float:
-        """The median of the rounds' ratios: a round and the next share the machine's mood of the moment."""
-        ratios = sorted(i.per_second / b.per_second for b, i in zip(self.bare, self.ingest, strict=True))
-        middle = len(ratios) // 2
-        return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    def ratios(self) -> list[float]:
+        """Each round's ratio: a round and the next share the machine's mood of the moment."""
+        return [i.per_second / b.per_second for b, i in zip(self.bare, self.ingest, strict=True)]
 
 
 def compare_load(

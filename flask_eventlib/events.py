@@ -77,7 +77,8 @@ class BaseEvent:
         name: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> None:
-        self.data: EventData = EventData(data or {})
+        # An EventData is the caller's own copy (log() makes one): taken as is, not copied again.
+        self.data: EventData = data if type(data) is EventData else EventData(data or {})
         self.id = id
         self.context: dict[str, Any] = context or {}
         self.logged_at = logged_at

@@ -7,16 +7,17 @@ import threading
 
 
 class _IdPool:
-    """Random version-4 UUIDs from a pool of ``os.urandom`` bytes.
+    """Random version-4 UUIDs, made in batches from one read of ``os.urandom`` each.
 
     ``uuid.uuid4()`` calls ``os.urandom`` for every id, which releases the GIL and lets the
     background sender take it for a whole publish in the middle of a request; a pool reads the
-    OS's randomness once per 256 ids. A forked child starts with an empty pool, so it never repeats
-    its parent's ids. Not :mod:`random`: an application's ``random.seed()`` would repeat ids, and
-    dedup would then skip handlers.
+    OS's randomness once per 256 ids, and a call only pops one. A forked child starts with an
+    empty pool, so it never repeats its parent's ids. Not :mod:`random`: an application's
+    ``random.seed()`` would repeat ids, and dedup would then skip handlers.
     """
 
-    _SIZE = 4096
+    #: Ids made per read of the OS's randomness.
+    _BATCH = 256
 
     def __init__(self) -> None:
         self._reset()
@@ -25,21 +26,30 @@ class _IdPool:
     def _reset(self) -> None:
         # A fresh lock too: a fork can copy the parent's lock while another thread holds it.
         self._lock = threading.Lock()
-        self._pool = b""
-        self._pos = self._SIZE
+        self._ids: list[str] = []
 
     def __call__(self) -> str:
+        while True:
+            try:
+                return self._ids.pop()  # atomic: threads sharing the pool need no lock here
+            except IndexError:
+                self._refill()
+
+    def _refill(self) -> None:
         with self._lock:
-            pos = self._pos
-            if pos >= self._SIZE:
-                self._pool, pos = os.urandom(self._SIZE), 0
-            self._pos = pos + 16
-            h = self._pool[pos : pos + 16].hex()
-        # The version (4) and variant (10xx) bits of RFC 4122.
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:]}"
+            if not self._ids:
+                h = os.urandom(16 * self._BATCH).hex()
+                v = _VARIANT
+                # The version (4) and variant (10xx) bits of RFC 4122, set in the text.
+                self._ids = [
+                    f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{v[h[i + 16]]}{h[i + 17 : i + 20]}-"
+                    f"{h[i + 20 : i + 32]}"
+                    for i in range(0, len(h), 32)
+                ]
 
 
-_VARIANT = "89ab89ab89ab89ab"
+#: A hex digit -> the variant digit with the same two low bits (8, 9, a or b).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 #: A new event id: a random (version 4) UUID as a string.

@@ -184,6 +184,10 @@ class Runner:
             )
         results: list[HandlerResult] = []
         deferred: list[tuple[str, BaseEvent, str, float]] = []
+        # Marks and released claims not yet written, and when the last write went out.
+        marks: dict[str, list[str]] = {}
+        releases: list[RunKey] = []
+        written = time.perf_counter()
         try:
             for position, ((message, event), found) in enumerate(zip(decoded, calls, strict=True), 1):
                 event_id = event.id or ""
@@ -212,16 +216,24 @@ class Runner:
                     skip.add(label)
                 log_outcome(event, results[start:])
                 if self.dedup_ttl:
-                    # Marked per event, so a worker killed mid-message re-runs as little as possible;
-                    # the claims go in the same write, and the last event's write also forgets the
-                    # message's count (a round trip of its own only when that event has nothing to mark).
-                    # Sent without waiting for the store's answer but the last, which reads them all
-                    # before the message is acknowledged: the store has each write before the next
-                    # event runs, and the message costs one round trip more than its begin.
+                    marks.setdefault(event_id, []).extend(succeeded)
+                    if claims:
+                        releases.extend(ran)
+                    # Group commit: the marks (and the claims given up) of the events handled in
+                    # the last MARK_INTERVAL go out in one write, so fast handlers cost one write a
+                    # message and a worker killed mid-message re-runs at most the handlers that
+                    # finished in that interval. The last write also forgets the message's count
+                    # and reads the answers to the earlier ones before the message is acknowledged;
+                    # the others are sent without waiting.
                     last = position == len(decoded)
-                    release = ran if claims else []
-                    self._finish(keys if last else [], {event_id: succeeded}, release, owner, wait=last)
+                    now = time.perf_counter()
+                    if last or now - written >= MARK_INTERVAL:
+                        self._finish(keys if last else [], marks, releases, owner, wait=last)
+                        marks, releases, written = {}, [], now
         finally:
+            if marks or releases:
+                # An exception escaped (not a handler's: those are caught): still record what ran.
+                self._finish([], marks, releases, owner)
             if claims:
                 # An exception that escaped (not a handler's: those are caught) leaves claims
                 # unreleased: stop renewing them, so they end with their lease.
@@ -593,6 +605,9 @@ class Runner:
                 self._keeper.drop(owner, release)
 
 
+#: The longest time, in seconds, between a handler's success and the write of its dedup mark
+#: within a message (group commit): a worker killed meanwhile leaves it to run again.
+MARK_INTERVAL = 0.01
 #: The first wait, in seconds, of a caller that waits for another delivery's claim (no workers).
 _FIRST_PAUSE = 0.01
 #: Past the end of another delivery's lease, so that the check finds it ended.

@@ -85,6 +85,20 @@ class Codec:
 
         :raises SerializationError: (a ``TypeError``) naming where the unsupported value is.
         """
+        if type(value) is dict or (isinstance(value, dict) and type(value) not in self._dumpers):
+            # The common case, a flat dict of JSON scalars under plain keys, is JSON already: one
+            # loop and no copy (orjson writes a dict subclass as a dict).
+            for key, item in value.items():
+                if type(key) is not str or key[:1] == "$":
+                    break
+                kind = type(item)
+                if kind is str or kind is bool or item is None:
+                    continue
+                if (kind is int and _INT_MIN <= item <= _INT_MAX) or (kind is float and math.isfinite(item)):
+                    continue
+                break
+            else:
+                return value
         try:
             return self._encode(value)
         except RecursionError:

@@ -57,13 +57,50 @@ def tmp_package(tmp_path: Path) -> Iterator[Path]:
 
 
 def clean_up_run(client: redis.Redis, record_key: str, app: Flask, queue: str) -> None:
-    """Delete a run's Redis keys and, on RabbitMQ, its queue."""
+    """Delete a run's Redis keys and its queue (on Redis, with the bindings kombu keeps for it)."""
     for key in client.scan_iter(f"{record_key}*"):
         client.delete(key)
     celery = app.extensions["eventlib"].celery
     if str(celery.conf.broker_url).startswith("amqp"):
         with celery.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+    elif queue:
+        forget_queue(client, queue)
+
+
+def forget_queue(client: redis.Redis, queue: str) -> None:
+    """Delete a Celery queue on Redis and the binding sets kombu keeps for it (they never expire)."""
+    client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
+#: The names the suite gives its Redis keys and queues (``bench-`` for tests/test_bench.py's runs).
+_TEST_KEYS = ("eventlib-*", "_kombu.binding*.eventlib-*", "_kombu.binding*.bench-*")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_redis_as_found() -> Iterator[None]:
+    """At the end of the session, delete the keys without a TTL that the suite's tests left in its
+    Redis db (a worker declares its queue's binding sets, a test killed mid-way leaves its queue):
+    ``./dev.sh test`` leaves the db as it found it. Keys that were there before are kept."""
+    client = redis.Redis.from_url(REDIS_URL)
+
+    def lasting() -> set[bytes]:
+        found = {key for pattern in _TEST_KEYS for key in client.scan_iter(match=pattern, count=1000)}
+        with client.pipeline(transaction=False) as pipe:
+            for key in found:
+                pipe.ttl(key)
+            return {key for key, ttl in zip(found, pipe.execute(), strict=True) if ttl == -1}
+
+    try:
+        before = lasting()
+    except redis.RedisError:
+        yield  # no Redis: the tests that need one say so
+        return
+    yield
+    with contextlib.suppress(redis.RedisError):
+        left = lasting() - before
+        for start in range(0, len(left), 500):
+            client.delete(*list(left)[start : start + 500])
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +145,9 @@ class Records:
 def records(redis_client: redis.Redis) -> Iterator[Records]:
     key = f"eventlib-test:records:{uuid.uuid4().hex}"
     yield Records(redis_client, key)
-    redis_client.delete(key)
+    # The list, and what the sample handlers keep beside it (attempt counters, fixed flags).
+    for found in redis_client.scan_iter(match=f"{key}*"):
+        redis_client.delete(found)
 
 
 @pytest.fixture

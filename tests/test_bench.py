@@ -12,7 +12,7 @@ import sys
 import pytest
 import redis
 
-from bench.measure import Row, Target, percentile, table
+from bench.measure import Row, Target, chunks, median, percentile, table
 from bench.suite import JS_CLIENT
 from tests.conftest import REDIS_URL, ROOT
 
@@ -27,9 +27,15 @@ def test_percentiles_and_results() -> None:
         Row("x", "time", "1 µs", "10 µs", 0.1, Target(0.05)),
         Row("y", "rate", "4/s", "1/s", 4.0, Target(3.0, at_most=False)),
         Row("z", "size", "", "", None, Target(1.0), missing="n/a (not built)"),
+        # Rounds: the median decides; a round on the wrong side of the target makes it borderline.
+        Row("r", "rounds", "", "", 1.1, Target(1.15), rounds=[1.05, 1.1, 1.2]),
+        Row("s", "rounds", "", "", 1.1, Target(1.15), rounds=[1.05, 1.1, 1.12]),
     ]
-    assert [row.result for row in rows] == ["FAIL", "pass", "n/a"]
-    assert "| z | size |  |  | n/a (not built) | ≤ 1.00 | n/a |" in table(rows)
+    assert [row.result for row in rows] == ["FAIL", "pass", "n/a", "borderline", "pass"]
+    assert "| z | size |  |  | n/a (not built) | — | ≤ 1.00 | n/a |" in table(rows)
+    assert "| r | rounds |  |  | 1.100 | 1.050 to 1.200 (3) | ≤ 1.15 | borderline |" in table(rows)
+    assert median([3, 1, 2]) == 2 and median([1, 2, 3, 4]) == 2.5
+    assert [list(part) for part in chunks([1, 2, 3, 4, 5, 6, 7], 3)] == [[1, 2], [3, 4], [5, 6]]
 
 
 @pytest.mark.worker
@@ -51,13 +57,14 @@ def test_quick_run_prints_every_row_with_a_ratio(redis_client: redis.Redis) -> N
         if re.match(r"\| \d[a-z]? \|", line)
     }
     assert list(cells) == ROWS
-    for row, (_, _what, ours, baseline, ratio, _target, result) in cells.items():
+    for row, (_, _what, ours, baseline, ratio, spread, _target, result) in cells.items():
         if row == "5" and not JS_CLIENT.exists():
             assert (ratio, result) == ("n/a (not built)", "n/a")
             continue
         assert float(ratio) > 0, (row, ratio)
         assert re.search(r"\d", ours) and re.search(r"\d", baseline), (row, ours, baseline)
-        assert result in {"pass", "FAIL", "info"}, (row, result)
+        assert result in {"pass", "borderline", "FAIL", "info"}, (row, result)
+        assert re.fullmatch(r"\S+ to \S+ \(\d+\)", spread) or (row == "5" and spread == "—"), (row, spread)
     # The run deleted its queues and keys.
     run_id = re.search(r"\[bench\] run (\w+)", done.stderr)
     assert run_id is not None, done.stderr[-2000:]

@@ -130,3 +130,37 @@ def test_deliveries_of_one_message_at_the_same_moment_run_each_handler_once(
     expected = [f"{name} {plan}" for plan in "abc" for name in ("welcome", "slow")]
     expected += [f"count {event_id}" for event_id in ids]
     assert sorted(ran) == sorted(expected)
+
+
+class _RecordingStore(MemoryStore):
+    """A memory store that records what each ``finish`` marked done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[dict[str, list[str]]] = []
+
+    def finish(self, keys: Any, marks: Any, ttl: float, **kwargs: Any) -> None:
+        self.writes.append({eid: sorted(handlers) for eid, handlers in marks.items() if handlers})
+        super().finish(keys, marks, ttl, **kwargs)
+
+
+@pytest.mark.parametrize("interval", [10.0, 0.0])
+def test_dedup_marks_are_group_committed_within_the_mark_interval(
+    registry: Registry, codec: Any, monkeypatch: pytest.MonkeyPatch, interval: float
+) -> None:
+    """Fast handlers: one write marks the whole message. Past the interval (here: at once), each
+    event's marks go out before the next event runs, so a crash re-runs only that interval's."""
+    from flask_eventlib import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "MARK_INTERVAL", interval)
+    messages, ids = logged(registry, codec, "a", "b", "c")
+    store = _RecordingStore()
+    Runner(registry, codec, store=store, dedup_ttl=60, claim_ttl=30).process(messages)
+    every = {eid: sorted([WELCOME, COUNT]) for eid in ids}
+    if interval:
+        assert store.writes == [every]
+    else:
+        assert store.writes == [{eid: every[eid]} for eid in ids]
+    # Either way every handler is marked: a duplicate runs nothing.
+    ran.clear()
+    assert Runner(registry, codec, store=store, dedup_ttl=60, claim_ttl=30).process(messages) == [] and ran == []

@@ -667,3 +667,32 @@ def test_a_rate_limit_storage_that_stops_answering_costs_tens_of_ms_and_fails_op
         assert [status for status, _ in results] == [202] * 8  # failed open: every event logged
         assert max(elapsed for _, elapsed in results) < 1.0  # bounded, not Redis's 5 s default
         assert len(records.all()) == 8
+
+
+def test_the_memory_rate_limit_opens_a_window_at_a_clients_first_hit_and_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The in-process counters (``memory://``): no timer thread, windows from the first hit,
+    each rate of a ``;`` list counted, memory bounded under a flood of addresses."""
+    import threading
+
+    from flask_eventlib.ingest import guards
+
+    clock = [1000.0]
+    monkeypatch.setattr(guards.time, "monotonic", lambda: clock[0])
+    limit = guards.RateLimit("2/second;3/minute", "memory://")
+    threads = threading.active_count()
+    assert [limit.hit("a") for _ in range(3)] == [None, None, 1]  # over 2/second
+    clock[0] += 1.0  # the second's window ended; the minute's holds the 2 hits it passed
+    assert limit.hit("a") is None
+    assert limit.hit("a") == 59  # over 3/minute, whose window opened 1 s ago
+    assert limit.hit("b") is None  # another client has its own counts
+    clock[0] += 59.0
+    assert limit.hit("a") is None
+    assert threading.active_count() == threads  # nothing was started to expire the counters
+    monkeypatch.setattr(guards.MemoryWindows, "MAX_CLIENTS", 10)
+    for n in range(11):
+        limit.hit(f"flood-{n}")
+    clock[0] += 1.0
+    limit.hit("after")  # the sweep finds more than MAX_CLIENTS counters and drops them
+    assert len(limit._limiter._counts) <= 2  # type: ignore[union-attr]

@@ -89,6 +89,41 @@ def test_outside_a_request_log_publishes_at_once(queued_app: tuple[Flask, str], 
     assert [json.loads(m)["id"] for m in batch] == [event_id]
 
 
+def test_on_redis_a_message_is_one_lpush_in_the_form_celery_and_kombu_write(redis_client: redis.Redis) -> None:
+    """The direct Redis publish writes what ``send_task`` through kombu writes (ids aside), and
+    leaves no ``_kombu.binding.*`` key behind (kombu's publish declares the queue each time)."""
+    from flask_eventlib.tasks import TASK_NAME, create_celery, make_send
+
+    queue = f"eventlib-test-direct-{uuid.uuid4().hex[:8]}"
+    celery = create_celery("direct", broker_url=REDIS_URL, queue=queue, settings={})
+    try:
+        make_send(celery, queue)(["a", "b"])
+        (direct,) = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+        assert not redis_client.keys(f"_kombu.binding*{queue}")
+        redis_client.delete(queue)
+        # kombu's own path, for comparison (what make_send does on other brokers).
+        celery.send_task(TASK_NAME, args=(["a", "b"],), queue=queue, argsrepr="<2 events>", kwargsrepr="{}")
+        (through_kombu,) = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+    finally:
+        redis_client.delete(queue, *redis_client.keys(f"_kombu.binding*{queue}"))
+        celery.close()
+
+    def shape(message: dict[str, Any]) -> dict[str, Any]:
+        headers = {k: v for k, v in message["headers"].items() if k not in ("id", "root_id", "origin")}
+        properties = {
+            k: v for k, v in message["properties"].items() if k not in ("correlation_id", "reply_to", "delivery_tag")
+        }
+        properties.pop("argsrepr", None)
+        properties.pop("kwargsrepr", None)
+        body = json.loads(base64.b64decode(message["body"]))
+        rest = {k: v for k, v in message.items() if k not in ("headers", "properties", "body")}
+        return {"headers": headers, "properties": properties, "body": body, **rest}
+
+    assert shape(direct) == shape(through_kombu)
+    assert direct["headers"]["id"] == direct["properties"]["correlation_id"] == direct["headers"]["root_id"]
+    assert direct["headers"]["origin"].startswith(f"gen{os.getpid()}@")
+
+
 @pytest.mark.parametrize(("send_on_failure", "expected"), [(True, [400, 0]), (False, [])])
 def test_failed_requests_send_their_events_unless_configured_otherwise(
     records: Records, tmp_path: Path, redis_client: redis.Redis, send_on_failure: bool, expected: list[int]

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import cast
 from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from .. import config
@@ -97,9 +98,12 @@ class RateLimit:
         options: dict[str, float] = {}
         if storage_url.split(":", 1)[0].startswith("redis"):
             options = {"socket_timeout": self.STORAGE_TIMEOUT, "socket_connect_timeout": self.STORAGE_TIMEOUT}
-        self.storage = cast(Storage, storage_from_string(storage_url, **options))
-        self._limiter = FixedWindowRateLimiter(self.storage)
-        self._fallback = FixedWindowRateLimiter(MemoryStorage())
+        self._limiter: FixedWindowRateLimiter | MemoryWindows
+        if storage_url.split(":", 1)[0] == "memory":
+            self._limiter = MemoryWindows()
+        else:
+            self._limiter = FixedWindowRateLimiter(cast(Storage, storage_from_string(storage_url, **options)))
+        self._fallback = MemoryWindows()
         self._storage_down_until = 0.0
 
     def check(self, client: str) -> None:
@@ -126,9 +130,65 @@ class RateLimit:
                 self._storage_down_until = time.monotonic() + self._RETRY_STORAGE_AFTER
         return self._hit(self._fallback, client)
 
-    def _hit(self, limiter: FixedWindowRateLimiter, client: str) -> int | None:
+    def _hit(self, limiter: FixedWindowRateLimiter | MemoryWindows, client: str) -> int | None:
+        if isinstance(limiter, MemoryWindows):
+            return limiter.hit(self.items, client)
         for item in self.items:
             if not limiter.hit(item, self._NAMESPACE, client):
                 reset_at, _ = limiter.get_window_stats(item, self._NAMESPACE, client)
                 return max(1, math.ceil(reset_at - time.time()))
         return None
+
+
+class MemoryWindows:
+    """Fixed-window counters in this process's memory, for ``memory://`` and as the fallback.
+
+    As with ``limits``' MemoryStorage, a client's window opens at its first hit and lasts the
+    rate's period. That storage expires keys with a timer thread, started again after each expiry:
+    a thread start (hundreds of microseconds) every few requests under load. Here ended windows are
+    swept by the request that finds a sweep due, at most once a second. At most
+    :attr:`MAX_CLIENTS` counters are kept; past that (a flood of addresses), every counter is
+    dropped and counting starts over, so memory stays bounded and no client is refused for
+    another's traffic.
+    """
+
+    MAX_CLIENTS = 100_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: (rate's position, client) -> [when its window ends, hits in it]
+        self._counts: dict[tuple[int, str], list[float]] = {}
+        self._swept = 0.0
+        self._dropped_warned = False
+
+    def hit(self, items: list[RateLimitItem], client: str) -> int | None:
+        """Count a request of ``client`` against each of ``items`` in turn; ``None`` if allowed,
+        else the seconds until the first window it is over ends (as with ``limits``, the hits
+        that passed earlier items stay counted)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._swept >= 1.0:
+                self._sweep(now)
+            for position, item in enumerate(items):
+                key = (position, client)
+                counter = self._counts.get(key)
+                if counter is None or counter[0] <= now:
+                    counter = self._counts[key] = [now + item.get_expiry(), 0]
+                counter[1] += 1
+                if counter[1] > item.amount:
+                    return max(1, math.ceil(counter[0] - now))
+        return None
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for key in [key for key, (ends, _) in self._counts.items() if ends <= now]:
+            del self._counts[key]
+        if len(self._counts) > self.MAX_CLIENTS:
+            if not self._dropped_warned:
+                logger.warning(
+                    "The rate limit counts more than %d clients in this process: dropping its counters "
+                    "(set EVENTLIB_RATE_LIMIT_STORAGE_URL to a Redis to count across processes)",
+                    self.MAX_CLIENTS,
+                )
+                self._dropped_warned = True
+            self._counts.clear()

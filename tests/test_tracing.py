@@ -3,21 +3,24 @@
 The worker side runs in this process: a real Celery worker (``celery.contrib.testing``'s, in a
 thread) on kombu's in-memory transport, so the events go through the request's batching, the
 background sender, one Celery message and the JSON envelope, as in production, and the spans of
-both sides reach the same exporter.
+both sides reach the same exporter. One test also runs a real ``celery worker`` process on Redis,
+whose spans a file exporter of its own writes for the test to read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from celery.contrib.testing.worker import start_worker
+from celery.contrib.testing.worker import start_worker as worker_thread
 from celery.signals import task_prerun
 from flask import Flask
 from opentelemetry import trace
@@ -31,6 +34,8 @@ from flask_eventlib.envelope import decode
 from flask_eventlib.serialization import default_codec
 from flask_eventlib.testing import capture_events
 from flask_eventlib.tracing import span_context
+from tests.conftest import REDIS_URL, clean_up_run, start_worker, stop_process, wait_for, wait_worker_ready
+from tests.sample import create_app
 
 
 class Order(BaseEvent):
@@ -103,7 +108,7 @@ def test_a_request_that_logs_two_events_yields_handler_spans_linked_to_its_span(
 
     task_prerun.connect(count, weak=False)
     try:
-        with start_worker(celery, pool="solo", perform_ping_check=False, loglevel="WARNING"):
+        with worker_thread(celery, pool="solo", perform_ping_check=False, loglevel="WARNING"):
             # The request's span, as a WSGI or Flask instrumentation makes around each request.
             with trace.get_tracer("tests").start_as_current_span("POST /checkout", kind=SpanKind.SERVER) as request:
                 assert app.test_client().post("/checkout").status_code == 200
@@ -240,3 +245,61 @@ def test_on_without_opentelemetry_is_a_clear_error(monkeypatch: pytest.MonkeyPat
         "EVENTLIB_TRACING = True needs the opentelemetry-api package, which is not installed: "
         "pip install 'flask-eventlib[tracing]' (or set EVENTLIB_TRACING = False)"
     )
+
+
+@pytest.mark.worker
+def test_a_real_worker_process_continues_the_request_trace(
+    spans: InMemorySpanExporter, tmp_path: Path, redis_client: Any
+) -> None:
+    """The same across processes and a real broker: gunicorn-less (a test client), but a real
+    ``celery worker`` on Redis, prefork, whose spans a file exporter writes for the test."""
+    queue = f"eventlib-tracing-{uuid.uuid4().hex[:8]}"
+    record_key = f"eventlib-test:records:{queue}"
+    store_url = f"{REDIS_URL}?prefix={record_key}:store:"
+    spans_path = tmp_path / "spans.jsonl"
+    app = create_app(
+        EVENTLIB_BROKER_URL=REDIS_URL,
+        EVENTLIB_QUEUE=queue,
+        SAMPLE_RECORD_KEY=record_key,
+        EVENTLIB_STORE_URL=store_url,
+        EVENTLIB_SPOOL_PATH=str(tmp_path / "spool.sqlite3"),
+        EVENTLIB_TRACING=True,
+    )
+
+    @app.post("/checkout")
+    def checkout() -> str:
+        log("ops.Work", {})
+        log("ops.Work", {})
+        return ""
+
+    env = {
+        "SAMPLE_SPANS_PATH": str(spans_path),
+        "SAMPLE_STORE_URL": store_url,
+        "SAMPLE_CONFIG": json.dumps({"EVENTLIB_TRACING": True}),
+    }
+    command = [sys.executable, "-m", "celery", "-A", "tests.observability.traced_worker:celery", "worker"]
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(REDIS_URL, queue, record_key, log_path, command=command, env=env)
+    try:
+        wait_worker_ready(worker, log_path)
+        with trace.get_tracer("tests").start_as_current_span("POST /checkout", kind=SpanKind.SERVER) as request:
+            assert app.test_client().post("/checkout").status_code == 200
+
+        def handled() -> list[dict[str, Any]]:
+            if not spans_path.exists():
+                return []
+            found = [json.loads(line) for line in spans_path.read_text().splitlines()]
+            return [span for span in found if span["name"] == "tests.sample.ops.events.Work.work"]
+
+        found = wait_for(lambda: len(handled()) >= 2 and handled(), timeout=60, what=f"the worker's spans ({log_path})")
+    finally:
+        stop_process(worker)
+        clean_up_run(redis_client, record_key, app, queue)
+    logged = request.get_span_context()
+    assert len(found) == 2 and len({span["attributes"]["eventlib.event.id"] for span in found}) == 2
+    for span in found:
+        assert span["pid"] != os.getpid()
+        assert span["trace_id"] == f"{logged.trace_id:032x}"
+        assert span["parent_span_id"] == f"{logged.span_id:016x}"
+        assert span["links"] == [f"{logged.span_id:016x}"]
+        assert span["attributes"]["eventlib.outcome"] == "succeeded"

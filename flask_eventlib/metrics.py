@@ -31,7 +31,7 @@ import argparse
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import signals
 from .exceptions import ConfigurationError, EventNotFound, EventNotPublic, ValidationError
@@ -107,6 +107,7 @@ class Metrics:
         # labels() takes a lock and builds a tuple on every call: the children are kept here,
         # one per label tuple, which the registry bounds.
         self._children: dict[tuple[Any, ...], Labelled] = {}
+        self._handlers: dict[tuple[str, str], HandlerMetrics] = {}
 
     def child(self, metric: Any, *values: str) -> Labelled:
         """``metric.labels(*values)``, looked up once per label tuple."""
@@ -115,6 +116,29 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def handler(self, event: str, handler: str) -> HandlerMetrics:
+        """The children of one handler of one event, looked up once."""
+        key = (event, handler)
+        found = self._handlers.get(key)
+        if found is None:
+            found = self._handlers[key] = HandlerMetrics(
+                *(
+                    metric.labels(event, handler)
+                    for metric in (self.succeeded, self.failed, self.retried, self.dead_lettered, self.duration)
+                )
+            )
+        return found
+
+
+class HandlerMetrics(NamedTuple):
+    """One handler's children of the per-handler metrics."""
+
+    succeeded: Labelled
+    failed: Labelled
+    retried: Labelled
+    dead_lettered: Labelled
+    duration: Labelled
 
 
 _lock = threading.Lock()
@@ -155,25 +179,23 @@ def _dropped(sender: Any, *, count: int, **_: Any) -> None:
 
 
 def _succeeded(sender: Any, *, event: Any, handler: str, duration: float, **_: Any) -> None:
-    found = metrics()
-    found.child(found.succeeded, event.name, handler).inc()
-    found.child(found.duration, event.name, handler).observe(duration)
+    found = metrics().handler(event.name, handler)
+    found.succeeded.inc()
+    found.duration.observe(duration)
 
 
 def _failed(sender: Any, *, event: Any, handler: str, duration: float, **_: Any) -> None:
-    found = metrics()
-    found.child(found.failed, event.name, handler).inc()
-    found.child(found.duration, event.name, handler).observe(duration)
+    found = metrics().handler(event.name, handler)
+    found.failed.inc()
+    found.duration.observe(duration)
 
 
 def _retried(sender: Any, *, event: Any, handler: str, **_: Any) -> None:
-    found = metrics()
-    found.child(found.retried, event.name, handler).inc()
+    metrics().handler(event.name, handler).retried.inc()
 
 
 def _dead_lettered(sender: Any, *, event: Any, handler: str, **_: Any) -> None:
-    found = metrics()
-    found.child(found.dead_lettered, event.name, handler).inc()
+    metrics().handler(event.name, handler).dead_lettered.inc()
 
 
 _RECEIVERS: tuple[tuple[Any, Callable[..., None]], ...] = (

@@ -21,6 +21,7 @@ import redis
 from . import inprocess, serving, workers
 from .app import create_app
 from .measure import Report, Row, Target, chunks, machine, median, micros, percentile
+from .metrics import bench_metrics
 from .procs import ROOT, BenchError, free_port, gunicorn
 
 #: The JS client the extension serves; benchmark 5 measures it gzipped.
@@ -71,7 +72,7 @@ QUICK = Sizes(
     worker_rounds=1,
 )
 #: Benchmarks by number, in the order they run.
-ALL = ("1", "2", "3", "4", "5", "6")
+ALL = ("1", "2", "3", "4", "5", "6", "7")
 
 
 class Run:
@@ -386,6 +387,8 @@ def run_all(redis_url: str, sizes: Sizes, only: tuple[str, ...] = ALL, install: 
                 bench_js(run)
             if "6" in only:
                 bench_broker_down(run, delay)
+            if "7" in only:
+                bench_metrics(run)
         finally:
             run.cleanup()
         run.report.notes.insert(

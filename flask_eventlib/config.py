@@ -16,6 +16,7 @@ To add a setting, declare it here, in one statement, with a ``#:`` comment::
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -349,6 +350,45 @@ RATE_LIMIT = setting("EVENTLIB_RATE_LIMIT", "120/minute", text(example="120/minu
 RATE_LIMIT_STORAGE_URL = setting(
     "EVENTLIB_RATE_LIMIT_STORAGE_URL", "memory://", url(example="redis://127.0.0.1:6379/0", optional=True)
 )
+
+
+def needs(module: str, package: str, extra: str) -> Check:
+    """``True`` or ``False``; ``True`` only where ``module`` is installed (from ``package``, in
+    ``pip install 'flask-eventlib[extra]'``)."""
+
+    def check(key: str, value: Any) -> None:
+        boolean(key, value)
+        if value and not _installed(module):
+            raise ConfigurationError(
+                f"{key} = True needs the {package} package, which is not installed: "
+                f"pip install 'flask-eventlib[{extra}]' (or set {key} = False)"
+            )
+
+    return check
+
+
+def _installed(module: str) -> bool:
+    try:  # a submodule's spec imports its parent, which may be missing too
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _path_or_none(key: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and value.startswith("/")):
+        raise _refuse(key, "a path starting with '/', e.g. '/metrics', or None to serve none", value)
+
+
+#: Count events and handlers in Prometheus metrics (``flask_eventlib.metrics``; needs
+#: ``pip install 'flask-eventlib[metrics]'``). Default ``False``.
+METRICS = setting("EVENTLIB_METRICS", False, needs("prometheus_client", "prometheus-client", "metrics"))
+#: Where the app serves the metrics, with ``EVENTLIB_METRICS``; ``None`` serves none (route
+#: ``flask_eventlib.metrics.view`` yourself). Default ``"/metrics"``.
+METRICS_URL = setting("EVENTLIB_METRICS_URL", "/metrics", _path_or_none)
+#: Carry the trace context of the code that calls ``log()`` in each event, and run each handler
+#: in an OpenTelemetry span that continues it (``flask_eventlib.tracing``; needs
+#: ``pip install 'flask-eventlib[tracing]'``). Default ``False``.
+TRACING = setting("EVENTLIB_TRACING", False, needs("opentelemetry.trace", "opentelemetry-api", "tracing"))
 
 #: Every setting's default, by key (derived from :data:`SETTINGS`).
 DEFAULTS: dict[str, Any] = {key: declared.default for key, declared in SETTINGS.items()}

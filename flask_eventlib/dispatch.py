@@ -11,6 +11,7 @@ import copy
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import envelope, signals
@@ -31,13 +32,24 @@ class Dispatcher:
     :param codec: how events are encoded.
     :param publisher: where encoded events go (the app's :class:`~flask_eventlib.publishers.Router`).
     :param signal_sender: the sender of the signals it sends (the Flask app).
+    :param trace: returns the trace context of the caller for each event's envelope
+        (:class:`flask_eventlib.tracing.Capture`, with ``EVENTLIB_TRACING``); ``None``: none.
     """
 
-    def __init__(self, registry: Registry, codec: Codec, publisher: Publisher, *, signal_sender: Any = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        codec: Codec,
+        publisher: Publisher,
+        *,
+        signal_sender: Any = None,
+        trace: Callable[[], dict[str, str] | None] | None = None,
+    ) -> None:
         self.registry = registry
         self.codec = codec
         self.publisher = publisher
         self.signal_sender = signal_sender
+        self.trace = trace
 
     def build(
         self,
@@ -81,6 +93,7 @@ class Dispatcher:
             logged_at=dt.datetime.now(dt.UTC),
             registry=self.registry,
             name=name,
+            trace=None if self.trace is None else self.trace(),
         )
         event.full_clean()
         return event
@@ -91,7 +104,13 @@ class Dispatcher:
         :raises SerializationError: (a ``TypeError``) naming the key that cannot be serialized.
         """
         return envelope.encode_fields(
-            self.codec, event.id or new_event_id(), event.name or "", event.data, event.context, event.logged_at
+            self.codec,
+            event.id or new_event_id(),
+            event.name or "",
+            event.data,
+            event.context,
+            event.logged_at,
+            trace=event.trace,
         )
 
     def log(

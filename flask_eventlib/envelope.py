@@ -3,7 +3,11 @@
 On the wire an envelope is one JSON object (the codec's tagged JSON)::
 
     {"v": 1, "id": "<uuid>", "name": "app.EventName", "data": {...}, "context": {...},
-     "logged_at": "2026-12-02T06:29:11.123456+00:00"}
+     "logged_at": "2026-12-02T06:29:11.123456+00:00", "trace": {"traceparent": "00-..."}}
+
+``trace`` is optional (``EVENTLIB_TRACING``): the W3C trace context of the code that logged the
+event, strings by name. An envelope without it decodes as before, and a decoder that predates it
+ignores it, so it needs no new format version.
 
 ``id`` is required and made once (by ``log()`` or the JS client); it is the same in every
 delivery and retry, so dedup and handlers can rely on it. Decoding checks every field on its own,
@@ -35,6 +39,7 @@ class Envelope:
     :param data: the event's data, as ``clean()`` left it.
     :param context: server-side facts (e.g. the client address), not data.
     :param logged_at: when ``log()`` accepted it (aware, UTC).
+    :param trace: the trace context of the code that logged it (``traceparent``, ``tracestate``).
     """
 
     id: str
@@ -42,6 +47,7 @@ class Envelope:
     data: dict[str, Any]
     context: dict[str, Any] = field(default_factory=dict)
     logged_at: dt.datetime | None = None
+    trace: dict[str, str] | None = None
 
 
 def encode(envelope: Envelope, codec: Codec) -> str:
@@ -49,7 +55,9 @@ def encode(envelope: Envelope, codec: Codec) -> str:
 
     :raises SerializationError: (a ``TypeError``) naming the key that cannot be serialized.
     """
-    return encode_fields(codec, envelope.id, envelope.name, envelope.data, envelope.context, envelope.logged_at)
+    return encode_fields(
+        codec, envelope.id, envelope.name, envelope.data, envelope.context, envelope.logged_at, trace=envelope.trace
+    )
 
 
 def encode_fields(
@@ -59,6 +67,8 @@ def encode_fields(
     data: dict[str, Any],
     context: dict[str, Any],
     logged_at: dt.datetime | None,
+    *,
+    trace: dict[str, str] | None = None,
 ) -> str:
     """:func:`encode` from the fields themselves: ``log()``'s path, which has them at hand and
     need not build an :class:`Envelope` for each event."""
@@ -71,6 +81,8 @@ def encode_fields(
         # orjson writes an aware datetime as ISO 8601 itself, faster than isoformat().
         "logged_at": logged_at,
     }
+    if trace:
+        document["trace"] = trace
     try:
         return orjson.dumps(document).decode()
     except orjson.JSONEncodeError:  # the codec's own serialize names the string at fault
@@ -105,7 +117,10 @@ def decode(message: str | bytes, codec: Codec) -> Envelope:
             logged_at = dt.datetime.fromisoformat(logged_at)
         except ValueError:
             raise SerializationError(f"The envelope {event_id}'s 'logged_at' is not an ISO 8601 time") from None
-    return Envelope(event_id, name, data, context, logged_at)
+    trace = document.get("trace")
+    if trace is not None and not (isinstance(trace, dict) and all(isinstance(v, str) for v in trace.values())):
+        raise SerializationError(f"The envelope {event_id}'s 'trace' must be an object of strings, not {_kind(trace)}")
+    return Envelope(event_id, name, data, context, logged_at, trace or None)
 
 
 def _kind(value: Any) -> str:

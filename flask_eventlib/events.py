@@ -41,6 +41,7 @@ class BaseEvent:
     :param logged_at: when ``log()`` accepted it (aware, UTC).
     :param registry: the app's registry, which knows the event's function handlers.
     :param name: the event's name; by default its class's name in ``registry``.
+    :param trace: the trace context of the code that logged it (``EVENTLIB_TRACING``), or ``None``.
     """
 
     #: A Marshmallow schema (class or instance); the default :meth:`clean` loads data through it.
@@ -74,12 +75,14 @@ class BaseEvent:
         logged_at: _dt.datetime | None = None,
         registry: HandlerSource | None = None,
         name: str | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         # An EventData is the caller's own copy (log() makes one): taken as is, not copied again.
         self.data: EventData = data if type(data) is EventData else EventData(data or {})
         self.id = id
         self.context: dict[str, Any] = context or {}
         self.logged_at = logged_at
+        self.trace = trace
         self._registry = registry
         if name is None and registry is not None:
             name = registry.name_of(type(self))

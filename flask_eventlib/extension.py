@@ -154,6 +154,7 @@ class EventLib:
                 (celery.conf.broker_transport_options or {}).get("data_folder_in", "?").rpartition("/")[0],
             )
         store = self._create_store(app, celery, eager)
+        spans, capture = _tracing(conf)
         runner = Runner(
             registry,
             self.codec,
@@ -165,6 +166,7 @@ class EventLib:
             dedup_ttl=float(conf[config.DEDUP_TTL]),
             claim_ttl=float(conf[config.CLAIM_TTL]),
             signal_sender=app,
+            spans=spans,
         )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
         local_log = None if eager else _local_log(app, spool_path)
@@ -187,7 +189,7 @@ class EventLib:
         else:
             strategy = hooks.then
         publisher = Router(strategy)
-        dispatcher = Dispatcher(registry, self.codec, publisher, signal_sender=app)
+        dispatcher = Dispatcher(registry, self.codec, publisher, signal_sender=app, trace=capture)
 
         def run(messages: list[str]) -> None:
             with app.app_context():
@@ -228,6 +230,10 @@ class EventLib:
                 unbind(celery)
                 raise
         self._last_celery = celery
+        if conf[config.METRICS]:
+            from .metrics import instrument
+
+            instrument(app, conf[config.METRICS_URL])
         app.after_request(hooks.after_request)
         app.teardown_request(hooks.teardown_request)
         if local_log is not None:
@@ -342,6 +348,16 @@ def _local_log(app: Flask, spool_path: str) -> LocalLog | None:
         return None
     folder = conf[config.LOCAL_LOG_DIR] or os.path.splitext(spool_path)[0] + "-log"
     return LocalLog(folder, durability=durability, max_bytes=int(conf[config.LOCAL_LOG_MAX_BYTES]), signal_sender=app)
+
+
+def _tracing(conf: Any) -> tuple[Any, Any]:
+    """The runner's handler spans and the dispatcher's trace capture (``None, None``: tracing off,
+    and ``opentelemetry`` is never imported)."""
+    if not conf[config.TRACING]:
+        return None, None
+    from .tracing import Capture, HandlerSpans
+
+    return HandlerSpans(), Capture()
 
 
 def _package_of(import_name: str) -> str:

@@ -37,7 +37,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from . import envelope, signals
 from .events import BaseEvent
@@ -54,6 +54,12 @@ outcomes = logging.getLogger("flask_eventlib.outcomes")
 
 #: ``(message, handler, attempt, first_failed_at, delay)``: run one handler again later.
 ScheduleRetry = Callable[[str, str, int, "float | None", float], None]
+
+
+class Spans(Protocol):
+    """Runs one attempt of a handler inside a trace span (:class:`flask_eventlib.tracing.HandlerSpans`)."""
+
+    def run(self, call: Callable[[], Any], event: BaseEvent, handler: str, attempt: int, retries: int) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +82,8 @@ class Runner:
     :param claim_ttl: the lease, in seconds, of a delivery's claim on a handler it is about to
         run, renewed every third of it while the delivery runs; what a crashed worker's claims
         outlive it by at most. 0 turns claims off; they need dedup (``dedup_ttl``) and a store.
+    :param spans: runs each handler attempt in a trace span (:class:`flask_eventlib.tracing.HandlerSpans`,
+        with ``EVENTLIB_TRACING``); ``None``: no spans.
     """
 
     registry: Registry
@@ -89,6 +97,7 @@ class Runner:
     signal_sender: Any = None
     starts_ttl: float = 86_400.0
     claim_ttl: float = 0.0
+    spans: Spans | None = None
     #: Without dedup, the delivery counts of finished messages, forgotten with the next begin.
     _finished: collections.deque[RunKey] = dataclasses.field(
         default_factory=collections.deque, init=False, repr=False, compare=False
@@ -115,6 +124,7 @@ class Runner:
             logged_at=found.logged_at,
             registry=self.registry,
             name=found.name,
+            trace=found.trace,
         )
 
     def process(self, messages: Iterable[str], *, propagate: bool = False) -> list[HandlerResult]:
@@ -353,10 +363,14 @@ class Runner:
         retries = self._retries(call)
         backoff = policy.backoff if policy and policy.backoff is not None else self.backoff
         sender = self.signal_sender
+        spans = self.spans
         while True:
             started = time.perf_counter()
             try:
-                call()
+                if spans is None:
+                    call()
+                else:
+                    spans.run(call, event, label, attempt, retries)
             except Exception as exc:
                 duration = time.perf_counter() - started
                 now = time.time()

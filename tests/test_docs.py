@@ -24,8 +24,10 @@ TOPICS = [
     "index",
     "javascript",
     "logging",
+    "metrics",
     "serialization",
     "testing",
+    "tracing",
     "validation",
 ]
 LINK = re.compile(r"\[[^\]]+\]\(([^)\s]+)\)")

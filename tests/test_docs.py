@@ -25,6 +25,7 @@ TOPICS = [
     "javascript",
     "logging",
     "serialization",
+    "streams",
     "testing",
     "validation",
 ]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -78,17 +77,7 @@ class ExternalRegistry(Registry):
 
         :returns: how many (function, target) pairs were registered.
         """
-        if isinstance(module, str):
-            module = importlib.import_module(module)
-        found = 0
-        for value in list(vars(module).values()):
-            targets = external_targets_of(value)
-            if targets and value.__module__ == module.__name__:
-                for target in targets:
-                    self.add_function_handler(target, value)
-                    found += 1
-        self.scanned_modules.add(module.__name__)
-        return found
+        return self.scan_handlers(module, marked=external_targets_of)
 
     def handles(self, name: str) -> bool:
         """Whether a handler takes the event ``name`` (decided from the entry's ``name`` field)."""

@@ -544,31 +544,6 @@ def test_an_xadd_that_fails_takes_the_events_mark_back_so_its_retry_publishes_it
     assert [e["id"] for e in entries(streams.client, streams.stream)] == [event_id]
 
 
-@pytest.mark.worker
-def test_the_streams_benchmark_runs_and_prints_its_rows(redis_client: redis.Redis) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.streams", "--quick", "--redis-url", REDIS_URL],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
-    rows = {
-        line.split(" | ")[0].strip("| "): [cell.strip() for cell in line.strip("|").split(" | ")]
-        for line in done.stdout.splitlines()
-        if re.match(r"\| 7[a-z] \|", line)
-    }
-    assert list(rows) == ["7a", "7b", "7c", "7d", "7e"]
-    for row, (_, _what, ours, baseline, ratio, _target, result) in rows.items():
-        assert float(ratio) > 0 and re.search(r"\d", ours) and re.search(r"\d", baseline), row
-        assert result in {"pass", "FAIL", "info"}, row
-    run_id = re.search(r"\[bench\] run (\w+)", done.stderr)
-    assert run_id is not None
-    assert not list(redis_client.scan_iter(match=f"*bench*{run_id.group(1)}*"))
-
-
 def test_external_handlers_are_the_consumers_and_handlers_the_apps_even_in_one_module(
     tmp_package: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -144,14 +144,14 @@ class Sent:
         return self.error
 
 
-def _pack(args: list[bytes]) -> bytes:
-    """A command in Redis's protocol (RESP): ``*<count>``, then ``$<length>`` and each argument."""
-    return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args]])
-
-
 def _bulk(arg: bytes) -> bytes:
-    """One argument of a command in Redis's protocol."""
+    """One argument of a command in Redis's protocol (RESP): ``$<length>``, then the argument."""
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+def _pack(args: list[bytes]) -> bytes:
+    """A command in Redis's protocol: ``*<count>``, then each argument."""
+    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
 
 
 class StreamPublisher:
@@ -189,19 +189,22 @@ class StreamPublisher:
         self.prefix = prefix
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.no_script = redis.exceptions.NoScriptError
-        self._streams: dict[str, tuple[str, ...]] = {}
-        #: Per event name: its streams' names as arguments, and its name as one.
+        #: Per event name: its streams, and its name as an argument of the script.
         self._names: dict[str, tuple[tuple[str, ...], bytes]] = {}
         self._head = _bulk(b"EVALSHA") + _bulk(_PUBLISH_SHA.encode())
         self._dedup_prefix = f"{prefix}streamed:".encode()
         self._local = threading.local()
 
     def streams_for(self, name: str) -> tuple[str, ...]:
-        """The streams the event ``name`` goes to (cached: the routes never change)."""
-        found = self._streams.get(name)
+        """The streams the event ``name`` goes to."""
+        return self._routed(name)[0]
+
+    def _routed(self, name: str) -> tuple[tuple[str, ...], bytes]:
+        """``name``'s streams and its name as an argument (cached: the routes never change)."""
+        found = self._names.get(name)
         if found is None:
-            found = tuple(s for s, targets in self.routes.items() if any(matches(t, name) for t in targets))
-            self._streams[name] = found
+            streams = tuple(s for s, targets in self.routes.items() if any(matches(t, name) for t in targets))
+            found = self._names[name] = (streams, _bulk(name.encode()))
         return found
 
     def send(self, items: list[Item], paired: list[Any] | None = None) -> Sent:
@@ -260,10 +263,7 @@ class StreamPublisher:
         events: list[bytes] = []
         prefix = self._dedup_prefix
         for message, event_id, name in items:
-            known = self._names.get(name)
-            if known is None:
-                known = self._names[name] = (self.streams_for(name), _bulk(name.encode()))
-            targets, name_arg = known
+            targets, name_arg = self._routed(name)
             indexes = [streams.setdefault(s, len(streams) + 1) for s in targets]
             key = event_id.encode()
             keys.append(_bulk(prefix + key))

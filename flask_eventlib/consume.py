@@ -466,7 +466,7 @@ class Consumer:
             self._ack()
 
     def _missed(self, count: int, how: str, *, counted: bool = False) -> None:
-        """Count and log entries the group will never run. ``count``: add them to the group's
+        """Count and log entries the group will never run. ``counted``: add them to the group's
         count in Redis (the read script counts those it skipped itself)."""
         self.missed += count
         total = int(self.client.hincrby(self.state_key, "missed", count)) if counted else self.state().get("missed", 0)

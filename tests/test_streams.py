@@ -562,3 +562,22 @@ def test_external_handlers_are_the_consumers_and_handlers_the_apps_even_in_one_m
         registry_for(["tests.sample.handlers"])
     with pytest.raises(ConfigurationError, match=r"@external_handler\('deals'\): a target is 'app.EventName'"):
         external_handler("deals")
+
+
+def test_a_consumer_restarted_under_its_name_first_runs_what_it_left_pending(streams: Streams) -> None:
+    ids = streams.publish(30)
+    streams.client.xgroup_create(streams.stream, "g", id="0")
+    # A run of "pod-1" that read 20 entries and died before acknowledging them, then 5 trimmed.
+    streams.client.xreadgroup("g", "pod-1", {streams.stream: ">"}, count=20)
+    first = [entry_id for entry_id, _ in streams.client.xrange(streams.stream, count=5)]
+    streams.client.xdel(streams.stream, *first)
+    os.environ["STREAM_TEST_KEY"] = f"{streams.key}:g"
+    try:
+        consumer = Consumer(streams.stream, "g", registry_for([HANDLERS]), url=REDIS_URL, name="pod-1", block=0.05)
+        consumer.run(until_idle=True)
+        consumer.close()
+    finally:
+        del os.environ["STREAM_TEST_KEY"]
+    assert (consumer.taken_over, consumer.missed, consumer.handled) == (20, 5, 25)
+    assert set(streams.runs("g")) == set(ids[5:]) and streams.pending("g") == 0
+    assert streams.group_state("g")["missed"] == 5

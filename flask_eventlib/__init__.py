@@ -16,7 +16,7 @@ from .exceptions import (
     WorkerDied,
 )
 from .extension import EventLib, flush, log
-from .handlers import handler
+from .handlers import external_handler, handler
 from .registry import Registry
 from .serialization import Codec, register_type
 from .state import EventLibState
@@ -41,6 +41,7 @@ __all__ = [
     "SerializationError",
     "ValidationError",
     "WorkerDied",
+    "external_handler",
     "flush",
     "handler",
     "log",

@@ -10,6 +10,7 @@ The commands are added to every app ``EventLib`` is initialised on::
     flask --app shop.worker eventlib worker           # a Celery worker for this app's events
     flask --app shop.worker eventlib worker --restart # ... started again whenever it dies
     flask --app shop.app eventlib recover             # send what killed processes left in the local log
+    flask --app shop.app eventlib consume analytics --group indexer -m search.handlers  # a stream's consumer
 """
 
 from __future__ import annotations
@@ -83,12 +84,12 @@ def _supervise_worker(ctx: click.Context) -> int:
     return Supervisor([*command, *ctx.args], name="the worker").run()
 
 
-def _log_to_stderr(logger: logging.Logger) -> None:
+def _log_to_stderr(logger: logging.Logger, who: str = "Supervisor") -> None:
     """Show the supervisor's INFO lines (each worker's pid), unless the app configured logging itself."""
     if logger.hasHandlers():
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/Supervisor] %(message)s"))
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s: %(levelname)s/{who}] %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
@@ -213,6 +214,77 @@ def recover(timeout: float) -> None:
         click.echo(f"The broker did not take the events within {timeout:g}s; {log.pending()} events wait.", err=True)
         raise click.exceptions.Exit(1)
     click.echo(f"Recovered {log.recovered} events from {log.folder}; the broker (or the spool) has them.")
+
+
+@eventlib_cli.command("consume")
+@click.argument("stream")
+@click.option("--group", "-g", required=True, help="The consumer group: each group gets every event.")
+@click.option(
+    "--module", "-m", "modules", multiple=True, required=True, help="A module of @external_handler functions."
+)
+@click.option(
+    "--from",
+    "start",
+    default="new",
+    show_default=True,
+    help="Where a new group starts: new, beginning, a stream id or an ISO 8601 time.",
+)
+@click.option("--consumer", help="This consumer's name in the group (default: host-pid).")
+@click.option("--batch", default=100, show_default=True, help="The most entries read and acknowledged together.")
+@click.option(
+    "--claim-idle",
+    default=60.0,
+    show_default=True,
+    help="Seconds after which another consumer's entries are taken over.",
+)
+@click.option("--until-idle", is_flag=True, help="Exit once the group has read every entry.")
+def consume(
+    stream: str,
+    group: str,
+    modules: tuple[str, ...],
+    start: str,
+    consumer: str | None,
+    batch: int,
+    claim_idle: float,
+    until_idle: bool,
+) -> None:
+    """Run @external_handler functions on the events of a Redis Stream, as one consumer of a group.
+
+    The stream's Redis, the codec, the retries, the backoff and the dedup come from the app's
+    settings (`python -m flask_eventlib.consume` does the same without an app). Stops on SIGTERM.
+    """
+    from .consume import Consumer, registry_for, start_id
+    from .streams import default_url
+
+    state = _state()
+    conf = current_app.config
+    url = default_url(conf[config.STREAMS_URL], str(state.celery.conf.broker_url or ""), conf[config.STORE_URL])
+    if url is None:
+        raise click.ClickException(f"Where are the streams? Set {config.STREAMS_URL} = 'redis://host:6379/0'.")
+    try:
+        reader = Consumer(
+            stream,
+            group,
+            registry_for(modules),
+            url=url,
+            name=consumer,
+            start=start_id(start),
+            codec=state.codec,
+            batch=batch,
+            claim_idle=claim_idle,
+            retries=int(conf[config.RETRIES]),
+            backoff=float(conf[config.RETRY_BACKOFF]),
+            backoff_max=float(conf[config.RETRY_BACKOFF_MAX]),
+            dedup_ttl=float(conf[config.DEDUP_TTL]),
+            claim_ttl=float(conf[config.CLAIM_TTL]),
+        )
+    except (ConfigurationError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    _log_to_stderr(logging.getLogger("flask_eventlib"), "Consumer")  # the outcome of each event, failures
+    try:
+        reader.run(until_idle=until_idle, handle_signals=True)
+    finally:
+        reader.close()
 
 
 def _find(registry: Registry, name: str) -> type[BaseEvent]:

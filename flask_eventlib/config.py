@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .exceptions import ConfigurationError
+from .handlers import check_target
 
 PREFIX = "EVENTLIB_"
 
@@ -330,6 +331,44 @@ STORE_URL = setting(
         optional=True,
     ),
 )
+
+
+def _streams(key: str, value: Any) -> None:
+    example = "{'analytics': ['deals.*', 'web.PageView']}"
+    dictionary(example=example)(key, value)
+    for stream, targets in value.items():
+        strings(example=example)(f"{key}[{stream!r}]", targets)
+        for target in targets:
+            try:
+                check_target(target)
+            except ConfigurationError:
+                raise ConfigurationError(
+                    f"{key}[{stream!r}] names {target!r}, which is not an event target: use 'app.EventName' "
+                    "(e.g. 'deals.DealClick'), 'app.*' for every event of an app, or '*' for every event"
+                ) from None
+
+
+def _optional_seconds(key: str, value: Any) -> None:
+    if value is not None:
+        number(above=True)(key, value)
+
+
+#: ``{"stream": ["app.EventName", "app.*", "*"]}``: the worker also publishes each event whose
+#: name matches one of a stream's targets to that Redis Stream, once per event id, for consumers
+#: outside the app (``flask eventlib consume``; ``docs/streams.md``). Default ``{}``.
+STREAMS = setting("EVENTLIB_STREAMS", {}, _streams)
+#: The Redis of the streams; default: the broker's Redis, else the store's.
+STREAMS_URL = setting(
+    "EVENTLIB_STREAMS_URL",
+    None,
+    url(schemes=("redis", "rediss", "unix"), example="redis://127.0.0.1:6379/0", optional=True),
+)
+#: Each stream is trimmed to about this many entries (``XADD ... MAXLEN ~``: whole nodes of 100
+#: entries, so up to 100 more). Default ``1000000``.
+STREAMS_MAXLEN = setting("EVENTLIB_STREAMS_MAXLEN", 1_000_000, integer(minimum=1))
+#: Seconds after which entries are trimmed too (``MINID ~``), whatever the length; ``None``: the
+#: length alone bounds them. Default ``None``.
+STREAMS_MAX_AGE = setting("EVENTLIB_STREAMS_MAX_AGE", None, _optional_seconds)
 #: Register ``POST <EVENTLIB_URL_PREFIX>/log``, where browsers log public events. Default ``True``.
 HTTP_ENABLED = setting("EVENTLIB_HTTP_ENABLED", True, boolean)
 #: URL prefix of the browser endpoint. Default ``"/event"`` (the endpoint is ``/event/log``).

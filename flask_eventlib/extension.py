@@ -33,6 +33,7 @@ from .runner import Runner, log_outcome
 from .serialization import Codec, default_codec
 from .state import EXTENSION_KEY, EventLibState, state_of
 from .store import MemoryStore, Store, store_from_url
+from .streams import StreamPublisher, default_url, matches
 from .tasks import (
     bind_task,
     check_broker_url,
@@ -167,6 +168,7 @@ class EventLib:
             claim_ttl=float(conf[config.CLAIM_TTL]),
             signal_sender=app,
             spans=spans,
+            streams=_stream_publisher(app, celery, registry),
         )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
         local_log = None if eager else _local_log(app, spool_path)
@@ -358,6 +360,41 @@ def _tracing(conf: Any) -> tuple[Any, Any]:
     from .tracing import Capture, HandlerSpans
 
     return HandlerSpans(), Capture()
+
+
+def _stream_publisher(app: Flask, celery: Any, registry: Registry) -> StreamPublisher | None:
+    """What publishes the app's events to ``EVENTLIB_STREAMS`` in its workers (``None``: no streams)."""
+    conf = app.config
+    routes = conf[config.STREAMS]
+    if not routes:
+        return None
+    broker = str(celery.conf.broker_url or "")
+    url = default_url(conf[config.STREAMS_URL], broker, conf[config.STORE_URL])
+    if url is None:
+        raise ConfigurationError(
+            f"{config.STREAMS} needs a Redis for its streams, and neither the broker ({config.mask_url(broker)!r}) "
+            f"nor the store is one: set {config.STREAMS_URL} = 'redis://host:6379/0'"
+        )
+    names = list(registry.events())
+    for stream, targets in routes.items():
+        for target in targets:
+            if not any(matches(target, name) for name in names):
+                logger.warning(
+                    "%s[%r] names %r, which matches none of the events of the Flask app %r: nothing goes "
+                    "to that stream for it (`flask eventlib events` lists the events)",
+                    config.STREAMS,
+                    stream,
+                    target,
+                    app.name,
+                )
+    max_age = conf[config.STREAMS_MAX_AGE]
+    return StreamPublisher(
+        url,
+        routes,
+        maxlen=int(conf[config.STREAMS_MAXLEN]),
+        max_age=None if max_age is None else float(max_age),
+        dedup_ttl=float(conf[config.DEDUP_TTL]),
+    )
 
 
 def _package_of(import_name: str) -> str:

@@ -177,3 +177,53 @@ def _mark(func: F, policy: RetryPolicy | None = None) -> F:
 def is_marked(obj: Any) -> bool:
     """Whether ``obj`` was marked with a bare ``@handler``."""
     return getattr(obj, HANDLER_MARK, False) is True
+
+
+#: Attribute set on a function marked with ``@external_handler("...")``: the tuple of its targets.
+EXTERNAL_TARGETS_ATTR = "__eventlib_external_targets__"
+
+
+def external_handler(target: str, /, *, retries: int | None = None, backoff: float | None = None) -> Callable[[F], F]:
+    """Mark a function as a handler of events read from a Redis Stream, outside the Flask app.
+
+    ``@external_handler("deals.DealClick")`` (or ``"deals.*"``, or ``"*"``) marks it for a
+    consumer process (``python -m flask_eventlib.consume STREAM --group G -m your.module``, see
+    ``docs/streams.md``), which calls it with the event. An app's workers never run it, even when
+    they import its module. Retries, dead letters and dedup are the workers' (per consumer group).
+
+    :param target: the event name the function handles.
+    :param retries: attempts after the first (default: the consumer's ``--retries``).
+    :param backoff: seconds before the first retry (default: the consumer's ``--backoff``).
+    """
+    policy = RetryPolicy(retries, backoff) if (retries is not None or backoff is not None) else None
+    if callable(target):
+        raise ConfigurationError(
+            f"@external_handler needs the event it handles: @external_handler('app.EventName') on {target!r}"
+        )
+    try:
+        check_target(target)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"@external_handler({target!r}): a target is 'app.EventName' (e.g. 'deals.DealClick'), "
+            "'app.*' for every event of an app, or '*' for every event."
+        ) from None
+
+    def mark(func: F) -> F:
+        if not inspect.isfunction(func):
+            raise ConfigurationError(
+                f"@external_handler({target!r}) cannot mark {func!r}: put it on a plain function (def)."
+            )
+        if policy is not None:
+            setattr(func, POLICY_ATTR, policy)
+        targets = getattr(func, EXTERNAL_TARGETS_ATTR, ())
+        if target not in targets:
+            setattr(func, EXTERNAL_TARGETS_ATTR, (*targets, target))
+        return func
+
+    return mark
+
+
+def external_targets_of(obj: Any) -> tuple[str, ...]:
+    """The targets ``@external_handler("...")`` marked ``obj`` with (empty for anything else)."""
+    targets = getattr(obj, EXTERNAL_TARGETS_ATTR, ()) if inspect.isfunction(obj) else ()
+    return targets if isinstance(targets, tuple) else ()

@@ -151,18 +151,20 @@ class Registry:
 
     # -- function handlers ------------------------------------------------------------------
 
-    def scan_handlers(self, module: ModuleType | str) -> int:
+    def scan_handlers(self, module: ModuleType | str, *, marked: Callable[[Any], tuple[str, ...]] = targets_of) -> int:
         """Register the functions ``module`` defines that are marked ``@handler("...")``.
 
         Functions imported into ``module`` from elsewhere are left to their own module's scan.
 
+        :param marked: reads a function's targets from its mark (a stream consumer's registry
+            reads ``@external_handler``'s).
         :returns: how many (function, target) pairs were registered.
         """
         if isinstance(module, str):
             module = importlib.import_module(module)
         found = 0
         for value in list(vars(module).values()):
-            targets = targets_of(value)
+            targets = marked(value)
             if targets and value.__module__ == module.__name__:
                 for target in targets:
                     self.add_function_handler(target, value)

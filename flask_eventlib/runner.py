@@ -46,6 +46,8 @@ from .handlers import policy_of
 from .registry import Registry
 from .serialization import Codec
 from .store import DELIVERY, Begun, DeadLetter, RunKey, Store
+from .streams import STEP as STREAM_STEP
+from .streams import Sent, StreamPublisher
 
 logger = logging.getLogger("flask_eventlib")
 #: One INFO line per event a worker processed, with each handler's outcome (a child of
@@ -84,6 +86,9 @@ class Runner:
         outlive it by at most. 0 turns claims off; they need dedup (``dedup_ttl``) and a store.
     :param spans: runs each handler attempt in a trace span (:class:`flask_eventlib.tracing.HandlerSpans`,
         with ``EVENTLIB_TRACING``); ``None``: no spans.
+    :param streams: publishes each event to the Redis Streams its name is routed to, in one
+        round trip a message, sent before the handlers run and read after (``None``: no streams).
+        A publish that fails is retried and dead-lettered as a handler named ``flask_eventlib.streams``.
     """
 
     registry: Registry
@@ -98,6 +103,7 @@ class Runner:
     starts_ttl: float = 86_400.0
     claim_ttl: float = 0.0
     spans: Spans | None = None
+    streams: StreamPublisher | None = None
     #: Without dedup, the delivery counts of finished messages, forgotten with the next begin.
     _finished: collections.deque[RunKey] = dataclasses.field(
         default_factory=collections.deque, init=False, repr=False, compare=False
@@ -139,7 +145,8 @@ class Runner:
         handlers run one at a time, each start counted, and a handler whose worker died
         ``retries + 1`` times while running it is dead-lettered (:class:`WorkerDied`). With
         claims on, a handler another delivery is running is left to it and checked again when its
-        claim's lease would end (:meth:`process_retry`).
+        claim's lease would end (:meth:`process_retry`). With ``streams``, the events routed to
+        streams are published in one round trip, sent before the handlers run and read after.
 
         :param propagate: re-raise the first error once every handler of every message has run.
         """
@@ -182,6 +189,8 @@ class Runner:
                 _count(died, "earlier delivery", "earlier deliveries"),
                 extra={"event_ids": event_ids},
             )
+        # Sent now, read once the handlers ran: the answer comes while they run.
+        streaming = self._send_to_streams(decoded)
         results: list[HandlerResult] = []
         deferred: list[tuple[str, BaseEvent, str, float]] = []
         try:
@@ -226,6 +235,11 @@ class Runner:
                 # An exception that escaped (not a handler's: those are caught) leaves claims
                 # unreleased: stop renewing them, so they end with their lease.
                 self._keeper.forget(owner)
+            streamed = streaming.wait() if streaming is not None else None
+        if streamed is not None and streaming is not None:
+            for result in self._stream_failed(streaming, streamed):
+                results.append(result)
+                first_error = first_error or result.error
         if deferred:
             results += self._defer(deferred)
         if not self.dedup_ttl and self.store is not None:
@@ -271,7 +285,7 @@ class Runner:
             time.sleep(min(pause, self._check_delay(begun.held[key])))
             pause *= 2
         self._hold(owner, claims)
-        for label, call in event._handler_calls():
+        for label, call in self._calls(message, event):
             if label == handler:
                 died = begun.unfinished.get(key, 0)
                 try:
@@ -479,6 +493,37 @@ class Runner:
     def _undecodable(self, message: str | bytes, error: Exception) -> None:
         logger.error("Cannot process an event message: %s", error, exc_info=True)
         self._dead_letter(str(message), None, "", 1, error, traceback.format_exc(), time.time())
+
+    # -- streams (EVENTLIB_STREAMS): the publish step, after the begin and around the handlers -----
+
+    def _send_to_streams(self, decoded: list[tuple[str, BaseEvent]]) -> Sent | None:
+        """Send the publish of the events routed to streams, without waiting for its answer."""
+        if self.streams is None:
+            return None
+        routed = [(message, event) for message, event in decoded if self.streams.streams_for(event.name or "")]
+        if not routed:
+            return None
+        items = [(message, event.id or "", event.name or "") for message, event in routed]
+        return self.streams.send(items, paired=routed)
+
+    def _stream_failed(self, sent: Sent, error: BaseException) -> list[HandlerResult]:
+        """A publish failed: each of its events gets the attempts of a handler, starting with this one."""
+        results = []
+        for message, event in sent.items:
+            call = _failed_once(error, self._stream_call(message, event))
+            results.append(self._attempt(message, event, STREAM_STEP, call, 1, None))
+        return results
+
+    def _stream_call(self, message: str, event: BaseEvent) -> Callable[[], Any]:
+        assert self.streams is not None
+        return functools.partial(self.streams.publish, [(message, event.id or "", event.name or "")])
+
+    def _calls(self, message: str, event: BaseEvent) -> list[tuple[str, Callable[[], Any]]]:
+        """The event's handlers, and the publish step when it goes to streams: what a retry may name."""
+        calls = event._handler_calls()
+        if self.streams is not None and self.streams.streams_for(event.name or ""):
+            calls.append((STREAM_STEP, self._stream_call(message, event)))
+        return calls
 
     @property
     def _claiming(self) -> bool:
@@ -750,3 +795,15 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 def _target(call: Callable[[], Any]) -> Any:
     """The handler function behind a zero-argument call from ``BaseEvent._handler_calls``."""
     return call.func if isinstance(call, functools.partial) else call
+
+
+def _failed_once(error: BaseException, then: Callable[[], Any]) -> Callable[[], Any]:
+    """A call that raises ``error`` (what already happened to its first attempt), then does ``then``."""
+    pending = [error]
+
+    def call() -> Any:
+        if pending:
+            raise pending.pop()
+        return then()
+
+    return call

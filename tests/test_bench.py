@@ -17,6 +17,8 @@ from bench.suite import JS_CLIENT
 from tests.conftest import REDIS_URL, ROOT
 
 ROWS = ["1a", "1b", "1c", "1d", "2a", "2b", "2c", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b"]
+#: ``python -m bench.streams``: the streams' rows, in a script of their own.
+STREAM_ROWS = ["8a", "8b", "8c", "8d", "8e"]
 
 
 def test_percentiles_and_results() -> None:
@@ -39,9 +41,12 @@ def test_percentiles_and_results() -> None:
 
 
 @pytest.mark.worker
-def test_quick_run_prints_every_row_with_a_ratio(redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize(
+    ("module", "expected"), [("bench", ROWS), ("bench.streams", STREAM_ROWS)], ids=["suite", "streams"]
+)
+def test_quick_run_prints_every_row_with_a_ratio(module: str, expected: list[str], redis_client: redis.Redis) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--redis-url", REDIS_URL],
+        [sys.executable, "-m", module, "--quick", "--redis-url", REDIS_URL],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -56,7 +61,7 @@ def test_quick_run_prints_every_row_with_a_ratio(redis_client: redis.Redis) -> N
         for line in done.stdout.splitlines()
         if re.match(r"\| \d[a-z]? \|", line)
     }
-    assert list(cells) == ROWS
+    assert list(cells) == expected
     for row, (_, _what, ours, baseline, ratio, spread, _target, result) in cells.items():
         if row == "5" and not JS_CLIENT.exists():
             assert (ratio, result) == ("n/a (not built)", "n/a")

@@ -26,6 +26,7 @@ TOPICS = [
     "logging",
     "metrics",
     "serialization",
+    "streams",
     "testing",
     "tracing",
     "validation",

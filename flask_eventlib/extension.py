@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, has_request_context, request
@@ -351,7 +352,7 @@ class _RequestHooks:
         self.then.hand_over(buffered)
 
 
-def _worker_figures(figures: Figures, sender: Sender) -> Any:
+def _worker_figures(figures: Figures, sender: Sender) -> Callable[[], None]:
     """What a worker process does first: say so in its heartbeats, which the sender's tick sends."""
 
     def started() -> None:

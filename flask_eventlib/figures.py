@@ -461,12 +461,16 @@ class Figures:
         self._failing = False
 
     def connect(self, app: Any) -> None:
-        """Listen to ``app``'s signals (weakly: this object lives as long as the app's state)."""
-        signals.event_logged.connect(self._on_logged, sender=app)
-        signals.handler_succeeded.connect(self._on_succeeded, sender=app)
-        signals.handler_failed.connect(self._on_failed, sender=app)
-        signals.handler_retried.connect(self._on_retried, sender=app)
-        signals.handler_dead_lettered.connect(self._on_dead_lettered, sender=app)
+        """Listen to ``app``'s signals, weakly: the receivers go with this object, which lives as
+        long as the app's state (blinker would keep strong ones after the app is gone)."""
+        for signal, receiver in (
+            (signals.event_logged, self._on_logged),
+            (signals.handler_succeeded, self._on_succeeded),
+            (signals.handler_failed, self._on_failed),
+            (signals.handler_retried, self._on_retried),
+            (signals.handler_dead_lettered, self._on_dead_lettered),
+        ):
+            signal.connect(receiver, sender=app)
 
     def worker_started(self) -> None:
         """This process runs a worker's tasks: its heartbeats say so, even while idle."""
@@ -627,7 +631,7 @@ class Figures:
         try:
             self.sink.write({(key[0], _field(key)): n for key, n in counts.items()}, lines, beat, now)
         except Exception as exc:
-            self._keep(counts, now)
+            self._keep(counts)
             if not self._failing:
                 self._failing = True
                 logger.warning(
@@ -644,7 +648,7 @@ class Figures:
             self._failing = False
             logger.warning("flask-eventlib: the console's figures are written again")
 
-    def _keep(self, counts: dict[tuple[int, str, str, Any], int], now: float) -> None:
+    def _keep(self, counts: dict[tuple[int, str, str, Any], int]) -> None:
         """Put back the counts of a batch that failed (past ``max_pending``, the rest are
         dropped and counted in :attr:`dropped`)."""
         with self._lock:

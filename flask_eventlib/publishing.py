@@ -202,13 +202,11 @@ class Sender:
         """What waits for the broker here, and the oldest event of each place it waits in."""
         with self._done_cond:
             queued = self._submitted - self._done
-        backlog = self._backlog[:1]  # the thread may change it meanwhile: a look, not a count to trust
-        oldest = [*backlog]
-        spooled = 0
-        if self.spool is not None:
+        oldest = self._backlog[:1]  # the thread may change it meanwhile: a look, not a count to trust
+        spooled = self._spooled()
+        if spooled and self.spool is not None:
             with contextlib.suppress(SpoolError):  # the thread logs the spool's failures
-                spooled = self.spool.pending()
-                first = self.spool.oldest() if spooled else None
+                first = self.spool.oldest()
                 oldest += [first] if first else []
         logged = 0
         if self.local_log is not None:

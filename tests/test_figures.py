@@ -429,6 +429,29 @@ def test_the_local_log_and_the_spool_name_their_oldest_event(tmp_path: Path) -> 
     assert spool.oldest() == "a"
 
 
+def test_an_apps_receivers_go_with_the_app() -> None:
+    import gc
+    import weakref
+
+    from flask import Flask
+
+    from flask_eventlib import signals
+
+    def owners() -> list[Any]:
+        found = [r() if isinstance(r, weakref.ref) else r for r in signals.handler_succeeded.receivers.values()]
+        return [getattr(receiver, "__self__", None) for receiver in found]
+
+    app = Flask("gone")
+    app.extensions["figures"] = Figures(MemorySink())  # as init_app keeps it, in the app's state
+    app.extensions["figures"].connect(app)
+    gc.collect()
+    assert app.extensions["figures"] in owners()
+    kept, before = weakref.ref(app.extensions["figures"]), len(signals.handler_succeeded.receivers)
+    del app
+    gc.collect()
+    assert kept() is None and len(signals.handler_succeeded.receivers) == before - 1
+
+
 # -- reading back ------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, abort, current_app, render_template, request, session
 from werkzeug.wrappers import Response
@@ -84,6 +84,6 @@ def refuse(status: int, message: str) -> Response:
     return current_app.make_response((render_template("eventlib_console/refused.html", message=message), status))
 
 
-def not_found(message: str) -> None:
+def not_found(message: str) -> NoReturn:
     """Abort with a 404 page that says what was not found."""
     abort(refuse(404, message))

@@ -243,30 +243,23 @@ def deadletters() -> str:
     return render_template("eventlib_console/deadletters.html", groups=groups, now=time.time())
 
 
-def _group(store: Store, gid: str) -> dead.Group:
-    for group in dead.groups(store.dead_letters()):
-        if group.id == gid:
-            return group
-    guard.not_found(f"There are no dead letters in the group {gid} any more.")
-    raise AssertionError  # not_found raises
+def _store(state: EventLibState) -> Store:
+    """The app's store, or a 404 page saying it has none."""
+    if state.store is None:
+        guard.not_found("This app has no dead-letter store: set EVENTLIB_STORE_URL.")
+    return state.store
+
+
+def _group(letters: list[DeadLetter], gid: str) -> dead.Group | None:
+    return next((group for group in dead.groups(letters) if group.id == gid), None)
 
 
 @bp.get("/deadletters/group/<gid>")
 def group(gid: str) -> str:
-    store = _state().store
-    if store is None:
-        guard.not_found("This app has no dead-letter store.")
-    assert store is not None
-    found = _group(store, gid)
+    found = _group(_store(_state()).dead_letters(), gid)
+    if found is None:
+        guard.not_found(f"There are no dead letters in the group {gid} any more.")
     return render_template("eventlib_console/group.html", group=found, letters=found.letters[:PAGE_SIZE])
-
-
-def _letter(store: Store, letter_id: str) -> DeadLetter:
-    for letter in store.dead_letters():
-        if letter.id == letter_id:
-            return letter
-    guard.not_found(f"There is no dead letter {letter_id} (any more: replayed or purged?).")
-    raise AssertionError
 
 
 def _shown(value: Any) -> str:
@@ -277,11 +270,9 @@ def _shown(value: Any) -> str:
 @bp.get("/deadletters/<letter_id>")
 def letter(letter_id: str) -> str:
     state = _state()
-    store = state.store
-    if store is None:
-        guard.not_found("This app has no dead-letter store.")
-    assert store is not None
-    found = _letter(store, letter_id)
+    found = next((letter for letter in _store(state).dead_letters() if letter.id == letter_id), None)
+    if found is None:
+        guard.not_found(f"There is no dead letter {letter_id} (any more: replayed or purged?).")
     fields = current_app.config[config.CONSOLE_REDACT]
     envelope: dict[str, Any] | None = None
     problem = None
@@ -319,7 +310,7 @@ def act(action: str) -> Response:
     gid = request.form.get("group")
     ids = set(request.form.getlist("id"))
     if gid:
-        chosen = next((g.letters for g in dead.groups(store.dead_letters()) if g.id == gid), [])
+        chosen = found.letters if (found := _group(store.dead_letters(), gid)) else []
     elif ids:
         chosen = dead.matching(store.dead_letters(), ids=ids)
     else:

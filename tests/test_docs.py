@@ -17,6 +17,7 @@ PAGES = sorted(DOCS.glob("*.md"))
 TOPICS = [
     "cli",
     "configuration",
+    "console",
     "delivery",
     "deployment",
     "events",

@@ -20,6 +20,7 @@ import redis
 
 from . import inprocess, serving, workers
 from .app import create_app
+from .console import bench_console
 from .measure import Report, Row, Target, machine, micros, percentile
 from .procs import ROOT, BenchError, free_port, gunicorn
 
@@ -67,7 +68,7 @@ QUICK = Sizes(
     down_requests=50,
 )
 #: Benchmarks by number, in the order they run.
-ALL = ("1", "2", "3", "4", "5", "6")
+ALL = ("1", "2", "3", "4", "5", "6", "8")
 
 
 class Run:
@@ -348,6 +349,8 @@ def run_all(redis_url: str, sizes: Sizes, only: tuple[str, ...] = ALL, install: 
                 bench_js(run)
             if "6" in only:
                 bench_broker_down(run, delay)
+            if "8" in only:
+                bench_console(run)
         finally:
             run.cleanup()
         run.report.machine = machine(redis_url, run.load_at_start)

@@ -16,7 +16,7 @@ from bench.measure import Row, Target, percentile, table
 from bench.suite import JS_CLIENT
 from tests.conftest import REDIS_URL, ROOT
 
-ROWS = ["1a", "1b", "1c", "1d", "2a", "2b", "2c", "3a", "3b", "4a", "4b", "5", "6a", "6b"]
+ROWS = ["1a", "1b", "1c", "1d", "2a", "2b", "2c", "3a", "3b", "4a", "4b", "5", "6a", "6b", "8a", "8b"]
 
 
 def test_percentiles_and_results() -> None:

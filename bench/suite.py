@@ -20,6 +20,7 @@ import redis
 
 from . import inprocess, serving, workers
 from .app import create_app
+from .console import bench_console
 from .measure import Report, Row, Target, chunks, machine, median, micros, percentile
 from .metrics import bench_metrics
 from .procs import ROOT, BenchError, free_port, gunicorn
@@ -72,7 +73,7 @@ QUICK = Sizes(
     worker_rounds=1,
 )
 #: Benchmarks by number, in the order they run.
-ALL = ("1", "2", "3", "4", "5", "6", "7")
+ALL = ("1", "2", "3", "4", "5", "6", "7", "9")
 
 
 class Run:
@@ -389,6 +390,8 @@ def run_all(redis_url: str, sizes: Sizes, only: tuple[str, ...] = ALL, install: 
                 bench_broker_down(run, delay)
             if "7" in only:
                 bench_metrics(run)
+            if "9" in only:
+                bench_console(run)
         finally:
             run.cleanup()
         run.report.notes.insert(

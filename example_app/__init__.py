@@ -29,6 +29,12 @@ value is parsed as JSON when it is JSON (``FLASK_EVENTLIB_RETRIES=5`` is the int
 ``FLASK_EXAMPLE_REDIS_URL`` / ``FLASK_EXAMPLE_REDIS_PREFIX``
     When the URL is set, handlers also count in Redis, under keys starting with the prefix
     (default ``example:``).
+
+In debug (``python -m example_app`` runs in debug, as does ``flask --app example_app run --debug``)
+the operations console is on, at http://127.0.0.1:5000/eventlib/, open to anyone who can reach
+the server (it listens on 127.0.0.1 only). Every process of the example, workers too, gathers the
+console's figures. Buy a deal with the coupon ``EXPIRED`` to see a handler retried, then
+dead-lettered, and replayed from the console.
 """
 
 from __future__ import annotations
@@ -64,6 +70,12 @@ def create_app(**config: Any) -> Flask:
     app.config.from_prefixed_env()
     app.config.pop("EXAMPLE_INSTANCE_PATH", None)
     app.config.update(config)
+    # The console in debug only: without an access check, init_app refuses it anywhere else.
+    app.config.setdefault("EVENTLIB_CONSOLE", bool(app.debug))
+    # Workers too, started in debug or not, so that a console opened in debug sees their figures.
+    app.config.setdefault("EVENTLIB_CONSOLE_FIGURES", True)
+    if app.config["EVENTLIB_CONSOLE"] and not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = "example-only: set FLASK_SECRET_KEY to a secret of your own"
 
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config["EXAMPLE_DATABASE"]:

@@ -4,6 +4,7 @@ The worker is a child process (``celery -A example_app.worker:celery worker``); 
 this process. Ctrl-C or SIGTERM stops the server, then the worker; a worker that exits on its own
 stops the server too (exit status 1). Settings come from the environment (see the package
 docstring); ``PORT`` picks the server's port (default 5000): ``PORT=5001 ./dev.sh example``.
+The app runs in debug, so the operations console is on (``FLASK_DEBUG=0`` turns both off).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class WorkerWatch(threading.Thread):
 
 def main() -> int:
     """Run the worker and the server until Ctrl-C or SIGTERM; return the exit status."""
-    app = create_app()
+    # In debug unless FLASK_DEBUG says otherwise: the console is on (the server listens on 127.0.0.1).
+    app = create_app(**({} if "FLASK_DEBUG" in os.environ else {"DEBUG": True}))
     port = int(os.environ.get("PORT", "5000"))
     # Werkzeug's development server, as `flask run` uses (without its reloader, which would run
     # this module again in a child process, with a second worker). It binds the port now: a busy
@@ -115,6 +117,9 @@ def main() -> int:
     try:
         watch.start()
         print(f" * Celery worker started (pid {worker.pid})", flush=True)
+        if app.config["EVENTLIB_CONSOLE"]:
+            console = app.config["EVENTLIB_CONSOLE_URL_PREFIX"]
+            print(f" * The operations console: http://{HOST}:{port}{console}/", flush=True)
         print(f" * Open http://{HOST}:{port}/ (Ctrl-C to stop)", flush=True)
         server.serve_forever()  # returns on Ctrl-C, SIGTERM, or server.shutdown()
     except KeyboardInterrupt:

@@ -24,6 +24,15 @@ def journal_deal_event(event: BaseEvent) -> None:
     _journal(event)
 
 
+@handler("deals.Purchase", retries=2, backoff=0.5)
+def redeem_coupon(event: BaseEvent) -> None:
+    """A coupon the shop no longer honours fails: buy with ``EXPIRED`` to watch the handler retried
+    twice, then dead-lettered, in the console, and replay it from there."""
+    coupon = event.data.get("coupon")
+    if coupon and coupon.upper().startswith("EXPIRED"):
+        raise LookupError(f"the coupon {coupon!r} has expired")
+
+
 @handler("accounts.*")
 def journal_account_event(event: BaseEvent) -> None:
     """One row per event of the ``accounts`` blueprint."""

@@ -29,6 +29,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 
 from . import checks, config
+from . import deadletters as dead
 from .events import BaseEvent
 from .exceptions import ConfigurationError, EventNotFound
 from .registry import Registry
@@ -127,8 +128,7 @@ def events() -> None:
 @click.argument("name")
 def describe(name: str) -> None:
     """Show one event: its class, whether it is public, its data fields and its handlers."""
-    from .jsonschema import event_json_schema
-    from .typescript import ts_type
+    from .typescript import data_fields
 
     registry = _registry()
     cls = _find(registry, name)
@@ -144,15 +144,12 @@ def describe(name: str) -> None:
         click.echo("data:     any object")
     else:
         click.echo(f"schema:   {_schema_name(cls, full=True)}")
-        schema = _or_error(lambda: event_json_schema(cls, name=name))
-        properties = schema.get("properties", {})
-        required = set(schema.get("required", ()))
-        click.echo("data:" if properties else "data:     an object without fields")
-        kinds = {key: " ".join(ts_type(sub).split()) for key, sub in properties.items()}
-        width = max((len(key) for key in kinds), default=0)
-        kind_width = max((len(kind) for kind in kinds.values()), default=0)
-        for key, kind in kinds.items():
-            flag = "(required)" if key in required else ""
+        found = _or_error(lambda: data_fields(cls, name=name))
+        click.echo("data:" if found else "data:     an object without fields")
+        width = max((len(key) for key, _, _ in found), default=0)
+        kind_width = max((len(kind) for _, kind, _ in found), default=0)
+        for key, kind, required in found:
+            flag = "(required)" if required else ""
             click.echo(f"  {key.ljust(width)}  {kind.ljust(kind_width)}  {flag}".rstrip())
     handlers = registry.handler_labels(name)
     click.echo("handlers, in run order:" if handlers else "handlers: none (`flask eventlib check` reports it)")
@@ -349,15 +346,7 @@ def _select(letters: list[Any], all_: bool, event: str | None, handler: str | No
     missing = set(ids) - {letter.id for letter in letters}
     if missing:
         raise click.BadParameter(f"no dead letter with the id {', '.join(sorted(missing))}", param_hint="ID")
-
-    def matches(letter: Any) -> bool:
-        return (
-            (not ids or letter.id in ids)
-            and (event is None or letter.event_id == event)
-            and (handler is None or letter.handler == handler or letter.handler.endswith("." + handler))
-        )
-
-    return [letter for letter in letters if matches(letter)]
+    return dead.matching(letters, ids=set(ids), event_id=event, handler=handler)
 
 
 def _when(timestamp: float) -> str:
@@ -408,13 +397,10 @@ def deadletters_replay(ids: tuple[str, ...], all_: bool, event: str | None, hand
     """Run the failed handler of each chosen dead letter again (only that handler), through the workers."""
     store = _store()
     chosen = _select(store.dead_letters(), all_, event, handler, ids)
-    runner = _state().runner
-    for letter in chosen:
-        if not letter.handler:
+    for letter, replayed in dead.replay(_state().runner, store, chosen):
+        if not replayed:
             click.echo(f"{letter.id}: an undecodable message cannot be replayed; `show` it, then purge it", err=True)
             continue
-        runner.replay(letter)
-        store.remove_dead_letters([letter.id])
         click.echo(f"replayed {letter.id}: {letter.handler} for {letter.event_name} {letter.event_id}")
     click.echo(f"{len(chosen)} dead letter{'s' if len(chosen) != 1 else ''} replayed.")
 
@@ -428,5 +414,5 @@ def deadletters_purge(ids: tuple[str, ...], all_: bool, event: str | None, handl
     """Delete the chosen dead letters for good."""
     store = _store()
     chosen = _select(store.dead_letters(), all_, event, handler, ids)
-    removed = store.remove_dead_letters([letter.id for letter in chosen])
+    removed = dead.purge(store, chosen)
     click.echo(f"{removed} dead letter{'s' if removed != 1 else ''} purged.")

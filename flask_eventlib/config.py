@@ -429,5 +429,42 @@ METRICS_URL = setting("EVENTLIB_METRICS_URL", "/metrics", _path_or_none)
 #: ``pip install 'flask-eventlib[tracing]'``). Default ``False``.
 TRACING = setting("EVENTLIB_TRACING", False, needs("opentelemetry.trace", "opentelemetry-api", "tracing"))
 
+
+def _console_prefix(key: str, value: Any) -> None:
+    if not (isinstance(value, str) and value.startswith("/") and len(value) > 1 and not value.endswith("/")):
+        raise _refuse(key, "a path starting with '/', e.g. '/eventlib'", value)
+
+
+def _function(key: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise _refuse(key, "a function of no arguments (or None), e.g. lambda: current_user.is_admin", value)
+
+
+def _optional_boolean(key: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise _refuse(key, "True, False or None", value)
+
+
+#: Serve the operations console at ``EVENTLIB_CONSOLE_URL_PREFIX`` and gather its figures in this
+#: process. Outside debug and testing, ``init_app`` refuses it without ``EVENTLIB_CONSOLE_ACCESS``.
+#: Default ``False``.
+CONSOLE = setting("EVENTLIB_CONSOLE", False, boolean)
+#: URL prefix of the console. Default ``"/eventlib"``.
+CONSOLE_URL_PREFIX = setting("EVENTLIB_CONSOLE_URL_PREFIX", "/eventlib", _console_prefix)
+#: Who may use the console: a function of no arguments, called in each of its requests, that
+#: returns true to let the request in (false: 403; a response, such as a redirect to the login
+#: page: that response). Needed outside debug and testing. Also ``EventLib(console_access=...)``.
+#: Default ``None``.
+CONSOLE_ACCESS = setting("EVENTLIB_CONSOLE_ACCESS", None, _function)
+#: Keys (any case, at any depth) whose values the console shows as ``[redacted]`` in events' data
+#: and context. Default ``["password", "secret", "token"]``.
+CONSOLE_REDACT = setting(
+    "EVENTLIB_CONSOLE_REDACT", ["password", "secret", "token"], strings(example="['password', 'card_number']")
+)
+#: Gather the console's figures in this process (counts, durations, traces, a heartbeat), written
+#: about once a second beside the store. ``None``: when ``EVENTLIB_CONSOLE`` is on; set ``True`` in
+#: workers whose app does not serve the console. Default ``None``.
+CONSOLE_FIGURES = setting("EVENTLIB_CONSOLE_FIGURES", None, _optional_boolean)
+
 #: Every setting's default, by key (derived from :data:`SETTINGS`).
 DEFAULTS: dict[str, Any] = {key: declared.default for key, declared in SETTINGS.items()}

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, has_request_context, request
@@ -23,6 +24,7 @@ from flask import Flask, Response, current_app, has_request_context, request
 from . import config
 from .dispatch import Dispatcher
 from .exceptions import ConfigurationError
+from .figures import Figures, sink_for
 from .ingest import register_http
 from .ingest.settings import settings_from_config
 from .locallog import LocalLog
@@ -41,6 +43,7 @@ from .tasks import (
     filesystem_broker_settings,
     make_schedule_retry,
     make_send,
+    on_worker_start,
     unbind,
 )
 
@@ -142,6 +145,11 @@ class EventLib:
 
         # Every setting is checked before anything is registered on the app or the Celery app.
         http = settings_from_config(conf) if conf[config.HTTP_ENABLED] else None
+        console = bool(conf[config.CONSOLE])
+        if console:
+            from . import console as console_pages
+
+            console_pages.check_setup(app)
         registry = self._build_registry(app)
         # A Celery app passed in is used as it is; otherwise each Flask app gets its own.
         celery = self._celery if self._celery is not None else self._create_celery(app, queue)
@@ -172,14 +180,18 @@ class EventLib:
         )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
         local_log = None if eager else _local_log(app, spool_path)
+        gather = conf[config.CONSOLE_FIGURES]
+        figures = Figures(sink_for(store), app_name=app.name) if (console if gather is None else gather) else None
+        send = make_send(celery, queue, float(conf[config.PUBLISH_TIMEOUT]))
         sender = Sender(
-            make_send(celery, queue, float(conf[config.PUBLISH_TIMEOUT])),
+            figures.wrap_send(send) if figures else send,
             spool=Spool(spool_path, int(conf[config.SPOOL_MAX_EVENTS])),
             max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
             retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,
             linger=float(conf[config.PUBLISH_LINGER]),
             local_log=local_log,
             signal_sender=app,
+            tick=figures.tick if figures else None,
         )
         background = Background(sender, local_log)
         hooks = _RequestHooks(background, send_on_failed_request=bool(conf[config.SEND_ON_FAILED_REQUEST]))
@@ -221,6 +233,7 @@ class EventLib:
             store=store,
             eager=eager,
             http=http,
+            figures=figures,
         )
         app.extensions[EXTENSION_KEY] = state
         if http is not None:
@@ -238,8 +251,13 @@ class EventLib:
             instrument(app, conf[config.METRICS_URL])
         app.after_request(hooks.after_request)
         app.teardown_request(hooks.teardown_request)
-        if local_log is not None:
-            sender.start()  # recovers what dead processes left, without waiting for an event
+        if figures is not None:
+            figures.connect(app)
+            on_worker_start(celery, _worker_figures(figures, sender), figures.flush)
+        if console:
+            console_pages.register(app)
+        if local_log is not None or figures is not None:
+            sender.start()  # recovers what dead processes left, and ticks the figures, without waiting for an event
 
         from .cli import eventlib_cli
 
@@ -340,6 +358,16 @@ class _RequestHooks:
             self.then.discard(buffered)
             return
         self.then.hand_over(buffered)
+
+
+def _worker_figures(figures: Figures, sender: Sender) -> Callable[[], None]:
+    """What a worker process does first: say so in its heartbeats, which the sender's tick sends."""
+
+    def started() -> None:
+        figures.worker_started()
+        sender.start()
+
+    return started
 
 
 def _local_log(app: Flask, spool_path: str) -> LocalLog | None:

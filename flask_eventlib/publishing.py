@@ -18,13 +18,15 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import signals
 from .locallog import LocalLog, Ticket
 from .spool import Send, Spool, SpoolError, SpoolFull
 
-__all__ = ["Send", "Sender", "Spool", "SpoolError", "SpoolFull"]
+__all__ = ["Send", "Sender", "Spool", "SpoolError", "SpoolFull", "Waiting"]
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -49,6 +51,8 @@ class Sender:
         the sender releases them there once the broker or the spool has them, and every
         ``recover_interval`` seconds sends the events dead processes left in it.
     :param signal_sender: the sender of the signals it sends (the Flask app).
+    :param tick: called from the thread with the sender about every ``tick_interval`` seconds
+        (the console's figures: a heartbeat and a batch of counts); it must not block for long.
     """
 
     def __init__(
@@ -64,6 +68,8 @@ class Sender:
         local_log: LocalLog | None = None,
         recover_interval: float = 1.0,
         signal_sender: Any = None,
+        tick: Callable[[Sender], None] | None = None,
+        tick_interval: float = 1.0,
     ) -> None:
         self.send = send
         self.signal_sender = signal_sender
@@ -75,6 +81,9 @@ class Sender:
         self.spool_retry_interval = spool_retry_interval
         self.local_log = local_log
         self.recover_interval = recover_interval
+        self.tick = tick
+        self.tick_interval = tick_interval
+        self._next_tick = 0.0
         self._next_retry = 0.0
         self._next_recover = 0.0
         self._last_send = 0.0
@@ -189,6 +198,23 @@ class Sender:
             waiting = self._submitted - self._done
         return waiting + len(self._backlog) + self._spooled()
 
+    def waiting(self) -> Waiting:
+        """What waits for the broker here, and the oldest event of each place it waits in."""
+        with self._done_cond:
+            queued = self._submitted - self._done
+        oldest = self._backlog[:1]  # the thread may change it meanwhile: a look, not a count to trust
+        spooled = self._spooled()
+        if spooled and self.spool is not None:
+            with contextlib.suppress(SpoolError):  # the thread logs the spool's failures
+                first = self.spool.oldest()
+                oldest += [first] if first else []
+        logged = 0
+        if self.local_log is not None:
+            logged = self.local_log.pending()
+            first = self.local_log.oldest() if logged else None
+            oldest += [first] if first else []
+        return Waiting(queued, len(self._backlog), spooled, logged, oldest)
+
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
             return
@@ -240,6 +266,15 @@ class Sender:
                 self._next_recover = now + self.recover_interval
                 self._recover()
             timeout = min(timeout or self.recover_interval, self.recover_interval)
+        if self.tick is not None:
+            now = time.monotonic()
+            if now >= self._next_tick:
+                self._next_tick = now + self.tick_interval
+                try:
+                    self.tick(self)
+                except Exception:
+                    logger.exception("flask-eventlib: the sender's tick (the console's figures) failed")
+            timeout = min(timeout or self.tick_interval, self.tick_interval)
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -413,6 +448,18 @@ class Sender:
             self._broker_down = True
             self._next_retry = time.monotonic() + self.retry_interval
             logger.debug("The broker is still unavailable: %s", exc)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What :meth:`Sender.waiting` found: events not yet at the broker, by where they wait."""
+
+    queued: int  #: handed to the sender, not yet published nor kept
+    memory: int  #: held in memory (no working spool)
+    spool: int  #: in the spool
+    local_log: int  #: in this process's local log (including those queued)
+    #: The oldest encoded event of each place that holds any (memory, spool, local log).
+    oldest: list[str]
 
 
 #: The senders whose thread runs in this process, told to finish at interpreter exit.

@@ -67,6 +67,17 @@ class Spool:
             return 0  # looking must not create it: the spool is made when first needed
         return self._held() - sum(self._sent.values())
 
+    def oldest(self) -> str | None:
+        """The oldest event it holds (``None`` when empty or not made yet).
+
+        :raises SpoolError: when the file cannot be read.
+        """
+        if not os.path.exists(self.path):
+            return None
+        rows = self._file.execute("SELECT body FROM spool ORDER BY id LIMIT 1")
+        messages = json.loads(rows[0][0]) if rows else []
+        return str(messages[0]) if messages else None
+
     def _held(self) -> int:
         ((held,),) = self._file.execute("SELECT COALESCE(SUM(count), 0) FROM spool")
         return int(held)

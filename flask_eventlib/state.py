@@ -11,6 +11,7 @@ from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
+    from .figures import Figures
     from .ingest.settings import HttpSettings
     from .publishers import Router
     from .publishing import Sender
@@ -63,6 +64,8 @@ class EventLibState:
     eager: bool
     #: The browser endpoint's settings (``None`` with ``EVENTLIB_HTTP_ENABLED = False``).
     http: HttpSettings | None = None
+    #: The console's figures of this process (``None``: not gathered, see ``EVENTLIB_CONSOLE_FIGURES``).
+    figures: Figures | None = None
 
     def log(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 from kombu import Queue  # type: ignore[attr-defined]
 from kombu.transport import TRANSPORT_ALIASES
 
@@ -383,3 +383,90 @@ def _consume(celery: Celery, queue: str) -> None:
         celery.conf.task_queues = [Queue(name, routing_key=name) for name in names]  # type: ignore[no-untyped-call]
     elif queue not in {q.name for q in queues}:
         celery.conf.task_queues = [*queues, Queue(queue, routing_key=queue)]  # type: ignore[no-untyped-call]
+
+
+# -- the console's view of the workers -------------------------------------------------------------
+
+
+def queue_depth(celery: Celery, queue: str, timeout: float = 2.0) -> int:
+    """How many messages wait in ``queue`` on ``celery``'s broker (0 for a queue not made yet).
+
+    A passive declare, which every kombu transport answers (RabbitMQ, Redis, the filesystem).
+
+    :raises Exception: the broker's, when it cannot be reached within ``timeout`` seconds.
+    """
+    from kombu.exceptions import ChannelError
+
+    with celery.connection_for_read(connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=0)
+        try:
+            _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except ChannelError:
+            return 0  # no such queue yet: nothing was ever sent to it, or it was emptied and removed
+        except Exception as exc:  # RabbitMQ's NotFound closes the channel: the same answer
+            if getattr(exc, "code", None) == 404:
+                return 0
+            raise
+        return int(count or 0)
+
+
+#: Per Celery app: what to call in each worker process of it that runs tasks, when it starts and
+#: when it stops.
+_hooks: weakref.WeakKeyDictionary[Celery, list[tuple[Callable[[], None], Callable[[], None] | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_worker_start(celery: Celery, start: Callable[[], None], stop: Callable[[], None] | None = None) -> None:
+    """Call ``start`` in each process of a worker of ``celery`` that runs tasks, when it starts
+    (each child of the prefork pool, or the worker's own process with the other pools), and
+    ``stop`` when it stops (not when it is killed)."""
+    _hooks.setdefault(celery, []).append((start, stop))
+
+
+def _run_hooks(celery: Any, which: int) -> None:
+    for hooks in _hooks.get(celery, ()):
+        hook = hooks[which]
+        if hook is None:
+            continue
+        try:
+            hook()
+        except Exception:
+            logger.exception("flask-eventlib: a worker %s hook failed", "start" if which == 0 else "stop")
+
+
+def _current_celery() -> Any:
+    """In a prefork child, the worker's Celery app (the pool makes it current before it starts)."""
+    from celery import current_app
+
+    return current_app._get_current_object()
+
+
+def _child_starts(**kwargs: Any) -> None:
+    _run_hooks(_current_celery(), 0)
+
+
+def _child_stops(**kwargs: Any) -> None:
+    _run_hooks(_current_celery(), 1)
+
+
+def _runs_tasks(consumer_or_worker: Any) -> bool:
+    """Whether this process itself runs the tasks (any pool but prefork, whose children do)."""
+    pool = getattr(consumer_or_worker, "pool", None)
+    return pool is not None and "prefork" not in type(pool).__module__
+
+
+def _worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    if _runs_tasks(sender):
+        _run_hooks(getattr(sender, "app", None), 0)
+
+
+def _worker_stops(sender: Any = None, **kwargs: Any) -> None:
+    if _runs_tasks(sender):
+        _run_hooks(getattr(sender, "app", None), 1)
+
+
+worker_process_init.connect(_child_starts, weak=False)
+worker_process_shutdown.connect(_child_stops, weak=False)
+worker_ready.connect(_worker_ready, weak=False)
+worker_shutdown.connect(_worker_stops, weak=False)

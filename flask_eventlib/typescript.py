@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .jsonschema import _is_literal, json_schema
+from .jsonschema import _is_literal, event_json_schema, json_schema
 
 if TYPE_CHECKING:
     from .events import BaseEvent
@@ -46,6 +46,18 @@ def typescript(events: Mapping[str, type[BaseEvent]], *, include_private: bool =
         lines.extend(_member(json.dumps(name), schema, "    "))
     lines += ["  }", "}", ""]
     return "\n".join(lines)
+
+
+def data_fields(cls: type[BaseEvent], *, name: str | None = None) -> list[tuple[str, str, bool]]:
+    """Each field of the data of an event with a schema: its key, its type (TypeScript, on one
+    line) and whether it is required; what ``flask eventlib describe`` and the console show.
+
+    :raises ConfigurationError: for a schema that cannot be exported.
+    """
+    schema = event_json_schema(cls, name=name)
+    required = set(schema.get("required", ()))
+    properties = schema.get("properties", {})
+    return [(key, " ".join(ts_type(sub).split()), key in required) for key, sub in properties.items()]
 
 
 def ts_type(schema: Any, indent: str = "") -> str:

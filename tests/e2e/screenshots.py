@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 from flask.testing import FlaskClient
 
-from tests.conftest import REDIS_URL, ROOT
+from tests.conftest import REDIS_URL, ROOT, wait_for
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, serve
 from tests.test_example_app import forget_redis_example, redis_settings, running_example
 
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     print(f"[screenshots] sending traffic for {args.seconds:.0f} s to {url}", file=sys.stderr)
                     traffic(example.app.test_client(), args.seconds)
-                    time.sleep(6)  # let the last retries end in dead letters and the figures be written
+                    # The EXPIRED coupons' last retries end in dead letters: photograph once one is there.
+                    store = example.app.extensions["eventlib"].store
+                    wait_for(lambda: store.dead_letters(), timeout=120, what="a dead letter to photograph")
                     OUT.mkdir(parents=True, exist_ok=True)
                     with sync_playwright() as playwright:
                         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

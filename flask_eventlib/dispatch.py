@@ -67,33 +67,36 @@ class Dispatcher:
         :raises EventNotPublic: with ``public_only``, for an event browsers may not log.
         :raises ValidationError: when ``clean()`` refuses the data.
         """
+        return self._build(name, data, id, context, public_only)
+
+    def _build(
+        self, name: str, data: dict[str, Any] | None, id: str | None, context: dict[str, Any] | None, public_only: bool
+    ) -> BaseEvent:
+        # log()'s path: positional arguments and no more calls than needed, since it runs for
+        # every event (a call a step costs here, as a cold cache costs in a real request).
         cls = self.registry.find(name)
         if public_only and cls.public is not True:
             raise EventNotPublic(
                 f"The event {name} is not public: browsers may only log events whose class sets public = True.",
                 name=name,
             )
-        if data is None:
-            data = {}
-        elif not isinstance(data, dict):
-            raise ValidationError(
-                f"The data of {name} must be a dict, not {type(data).__name__}",
-                messages={"_schema": ["Data must be an object."]},
-            )
+        if type(data) is not dict:
+            if data is None:
+                data = {}
+            elif not isinstance(data, dict):
+                raise ValidationError(
+                    f"The data of {name} must be a dict, not {type(data).__name__}",
+                    messages={"_schema": ["Data must be an object."]},
+                )
         try:
             copied = copy_event_data(data)
         except RecursionError:
             raise ValidationError(
                 f"The data of {name} is nested too deeply", messages={"_schema": ["Data is nested too deeply."]}
             ) from None
-        event = cls(
-            copied,
-            id=id or new_event_id(),
-            context=context,
-            logged_at=dt.datetime.now(dt.UTC),
-            registry=self.registry,
-            name=name,
-            trace=None if self.trace is None else self.trace(),
+        trace = self.trace
+        event = cls._logged(
+            copied, id or new_event_id(), _now(_UTC), self.registry, name, context, None if trace is None else trace()
         )
         event.full_clean()
         return event
@@ -110,7 +113,7 @@ class Dispatcher:
             event.data,
             event.context,
             event.logged_at,
-            trace=event.trace,
+            event.trace,
         )
 
     def log(
@@ -127,8 +130,16 @@ class Dispatcher:
         Nothing is published when a step fails. The caller's ``data`` is not changed.
         """
         try:
-            event = self.build(name, data, id=id, context=context, public_only=public_only)
-            message = self.encode(event)
+            event = self._build(name, data, id, context, public_only)
+            message = envelope.encode_fields(
+                self.codec,
+                event.id,
+                name,
+                event.data,
+                event.context,
+                event.logged_at,
+                event.trace,  # type: ignore[arg-type]
+            )
         except (EventlibError, TypeError) as exc:
             signals.send(signals.event_rejected, self.signal_sender, name=name, error=exc)
             raise
@@ -136,6 +147,10 @@ class Dispatcher:
             signals.send(signals.event_logged, self.signal_sender, event=event)
         self.publisher.publish([message])
         return event.id  # type: ignore[return-value]
+
+
+_now = dt.datetime.now
+_UTC = dt.UTC
 
 
 #: Types whose values cannot change, so a copy may share them.

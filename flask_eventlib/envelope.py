@@ -67,7 +67,6 @@ def encode_fields(
     data: dict[str, Any],
     context: dict[str, Any],
     logged_at: dt.datetime | None,
-    *,
     trace: dict[str, str] | None = None,
 ) -> str:
     """:func:`encode` from the fields themselves: ``log()``'s path, which has them at hand and

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, current_app, has_request_context, request
+from flask import Flask, Response, current_app, request
 
 from . import config
 from .dispatch import Dispatcher
@@ -329,9 +329,12 @@ class _RequestHooks:
 
     def current_buffer(self) -> Pending | None:
         """The current request's events, or ``None`` outside a request or after its hand-over."""
-        if not has_request_context():
+        try:
+            # One look through the proxy (has_request_context() and then request.__dict__ cost
+            # ten times as much).
+            state = request._get_current_object().__dict__  # type: ignore[attr-defined]
+        except RuntimeError:  # outside a request
             return None
-        state = request.__dict__  # one look through the proxy
         found = state.get(_BUFFER)
         if found is None:
             found = state[_BUFFER] = Pending()

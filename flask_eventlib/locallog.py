@@ -166,12 +166,16 @@ class LocalLog:
 
     # -- the caller's side -------------------------------------------------------------------
 
-    def append(self, messages: list[str]) -> Ticket | None:
+    def append(self, messages: list[str], after: Ticket | None = None) -> Ticket | None:
         """Write encoded events to this process's segment; ``None`` when they could not be kept.
+
+        :param after: the ticket of the caller's previous append (a request's events): when the
+            new events land right behind it, that ticket grows to cover them and is returned, so
+            a request holds one ticket rather than one per event.
 
         Never raises: a disk that fails leaves the events in memory, and says so.
         """
-        data = ("\n".join(messages) + "\n").encode()
+        data = (messages[0] + "\n" if len(messages) == 1 else "\n".join(messages) + "\n").encode()
         with self._lock:
             if self._pid != os.getpid():
                 self._forked()
@@ -189,10 +193,16 @@ class LocalLog:
                     return None
                 start = segment.size
             assert segment.map is not None
-            segment.map[start : start + len(data)] = data  # into the page cache: no system call
-            segment.size = start + len(data)
-            ticket = Ticket(segment, start, segment.size, len(messages))
-            segment.track(ticket)
+            end = start + len(data)
+            segment.map[start:end] = data  # into the page cache: no system call
+            segment.size = end
+            if after is not None and after.segment is segment and after.end == start and not after.released:
+                after.end = end  # right behind the caller's previous append: that ticket grows
+                after.count += len(messages)
+                ticket = after
+            else:
+                ticket = Ticket(segment, start, end, len(messages))
+                segment.track(ticket)
         if self._failing:
             self._works_again()
         return ticket

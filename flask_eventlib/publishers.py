@@ -97,9 +97,11 @@ class RequestBuffer:
             return
         pending.messages.extend(messages)
         if self.local_log is not None:
-            ticket = self.local_log.append(messages)
-            if ticket is not None:
-                pending.tickets.append(ticket)
+            tickets = pending.tickets
+            last = tickets[-1] if tickets else None
+            ticket = self.local_log.append(messages, after=last)
+            if ticket is not None and ticket is not last:
+                tickets.append(ticket)
 
 
 class Eager:
@@ -137,17 +139,16 @@ class Router:
         self.default = default
         self._overrides: list[Publisher] = []
         self._lock = threading.Lock()
-        self._active = default.publish  # the strategy's own method: one call on log()'s path
-
-    def publish(self, messages: list[str]) -> None:
-        self._active(messages)
+        #: Publishes encoded events: the active strategy's own method, so ``log()`` makes one
+        #: call, not two.
+        self.publish: Callable[[list[str]], None] = default.publish
 
     @contextlib.contextmanager
     def override(self, publisher: Publisher) -> Iterator[Publisher]:
         """Send events to ``publisher`` inside the ``with`` block (nested overrides stack)."""
         with self._lock:
             self._overrides = [*self._overrides, publisher]
-            self._active = publisher.publish
+            self.publish = publisher.publish
         try:
             yield publisher
         finally:
@@ -157,4 +158,4 @@ class Router:
                 overrides.remove(publisher)  # the latest entry of it, even if blocks end out of order
                 overrides.reverse()
                 self._overrides = overrides
-                self._active = (overrides[-1] if overrides else self.default).publish
+                self.publish = (overrides[-1] if overrides else self.default).publish

@@ -105,6 +105,27 @@ def test_unsent_events_stay_at_close_for_the_next_process(tmp_path: Path) -> Non
     assert LocalLog(str(tmp_path)).recover(got) == 2
 
 
+def test_a_request_s_appends_share_one_ticket_and_others_between_start_a_new_one(tmp_path: Path) -> None:
+    log = LocalLog(str(tmp_path))
+    first = log.append(events(1, "a"))
+    assert first is not None
+    # The request's next events land right behind its ticket: the same ticket covers them.
+    assert log.append(events(2, "b"), after=first) is first
+    assert first.count == 3
+    # Another thread's append came between: the request's next append gets a ticket of its own.
+    other = log.append(events(1, "c"))
+    assert other is not None and other is not first
+    later = log.append(events(1, "d"), after=first)
+    assert later is not None and later is not first and later.count == 1
+    assert log.pending() == 5
+    log.release([first])
+    assert log.pending() == 2
+    log.close()
+    got = Collect()
+    assert LocalLog(str(tmp_path)).recover(got) == 2
+    assert [json.loads(m)["id"] for m in got.messages] == ["c0", "d0"]
+
+
 def _recover_into(folder: str, out: str) -> None:
     log = LocalLog(folder)
     got = Collect()

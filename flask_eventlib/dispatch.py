@@ -131,14 +131,9 @@ class Dispatcher:
         """
         try:
             event = self._build(name, data, id, context, public_only)
+            event_id: str = event.id  # type: ignore[assignment]  # _build always gives one
             message = envelope.encode_fields(
-                self.codec,
-                event.id,
-                name,
-                event.data,
-                event.context,
-                event.logged_at,
-                event.trace,  # type: ignore[arg-type]
+                self.codec, event_id, name, event.data, event.context, event.logged_at, event.trace
             )
         except (EventlibError, TypeError) as exc:
             signals.send(signals.event_rejected, self.signal_sender, name=name, error=exc)
@@ -146,7 +141,7 @@ class Dispatcher:
         if signals.event_logged.receivers:  # checked here: the keyword call costs on every log()
             signals.send(signals.event_logged, self.signal_sender, event=event)
         self.publisher.publish([message])
-        return event.id  # type: ignore[return-value]
+        return event_id
 
 
 _now = dt.datetime.now

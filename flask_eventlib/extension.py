@@ -31,7 +31,7 @@ from .locallog import LocalLog
 from .publishers import Background, Eager, Pending, Publisher, RequestBuffer, Router
 from .publishing import Sender, Spool
 from .registry import Registry
-from .runner import Runner, log_outcome
+from .runner import Runner, Watcher, log_outcome
 from .serialization import Codec, default_codec
 from .state import EXTENSION_KEY, EventLibState, state_of
 from .store import MemoryStore, Store, store_from_url
@@ -164,6 +164,13 @@ class EventLib:
             )
         store = self._create_store(app, celery, eager)
         spans, capture = _tracing(conf)
+        gather = conf[config.CONSOLE_FIGURES]
+        figures = Figures(sink_for(store), app_name=app.name) if (console if gather is None else gather) else None
+        watchers: list[Watcher] = [figures] if figures is not None else []
+        if conf[config.METRICS]:
+            from .metrics import Runs
+
+            watchers.append(Runs())
         runner = Runner(
             registry,
             self.codec,
@@ -177,11 +184,10 @@ class EventLib:
             signal_sender=app,
             spans=spans,
             streams=_stream_publisher(app, celery, registry),
+            watchers=tuple(watchers),
         )
         spool_path = conf[config.SPOOL_PATH] or os.path.join(app.instance_path, "eventlib-spool.sqlite3")
         local_log = None if eager else _local_log(app, spool_path)
-        gather = conf[config.CONSOLE_FIGURES]
-        figures = Figures(sink_for(store), app_name=app.name) if (console if gather is None else gather) else None
         send = make_send(celery, queue, float(conf[config.PUBLISH_TIMEOUT]))
         sender = Sender(
             figures.wrap_send(send) if figures else send,

@@ -465,8 +465,6 @@ class Figures:
         long as the app's state (blinker would keep strong ones after the app is gone)."""
         for signal, receiver in (
             (signals.event_logged, self._on_logged),
-            (signals.handler_succeeded, self._on_succeeded),
-            (signals.handler_failed, self._on_failed),
             (signals.handler_retried, self._on_retried),
             (signals.handler_dead_lettered, self._on_dead_lettered),
         ):
@@ -498,13 +496,15 @@ class Figures:
             else:
                 self._bump(key)
 
-    def _on_succeeded(self, sender: Any, event: Any, handler: str, attempt: int, duration: float, **extra: Any) -> None:
-        self._ran(event, handler, attempt, duration, None)
+    # The runner's Watcher (its handler runs come straight from it: a signal a run cost more
+    # than the counting itself).
 
-    def _on_failed(
-        self, sender: Any, event: Any, handler: str, attempt: int, error: BaseException, duration: float, **extra: Any
-    ) -> None:
-        self._ran(event, handler, attempt, duration, error)
+    def record(self, result: Any) -> None:
+        """One attempt of a handler (a :class:`~flask_eventlib.runner.HandlerResult`)."""
+        self._ran(result.event, result.handler, result.attempt, result.duration, result.error)
+
+    def commit(self) -> None:
+        """The attempts of a message were all recorded: nothing to do, they are counted already."""
 
     def _ran(self, event: Any, handler: str, attempt: int, duration: float, error: BaseException | None) -> None:
         now = self.clock()

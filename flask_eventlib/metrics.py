@@ -1,4 +1,5 @@
-"""Prometheus metrics of events and handlers, fed by the signals of :mod:`flask_eventlib.signals`.
+"""Prometheus metrics of events and handlers, fed by the signals of :mod:`flask_eventlib.signals`
+and, for handler attempts, by the runner itself (:class:`Runs`).
 
 ``EVENTLIB_METRICS = True`` (which needs ``pip install 'flask-eventlib[metrics]'``) makes
 ``init_app`` connect this module's receivers to the app's signals and serve the metrics at
@@ -28,6 +29,8 @@ starts again.
 from __future__ import annotations
 
 import argparse
+import bisect
+import collections
 import os
 import threading
 from collections.abc import Callable
@@ -178,16 +181,66 @@ def _dropped(sender: Any, *, count: int, **_: Any) -> None:
     metrics().dropped.inc(count)
 
 
-def _succeeded(sender: Any, *, event: Any, handler: str, duration: float, **_: Any) -> None:
-    found = metrics().handler(event.name, handler)
-    found.succeeded.inc()
-    found.duration.observe(duration)
+class Runs:
+    """The runner's :class:`~flask_eventlib.runner.Watcher`: handler attempts, counted by message.
+
+    In multiprocess mode each ``inc()`` or ``observe()`` writes a value to a file under a lock,
+    a few microseconds each, which per attempt cost a worker several per cent of its throughput;
+    so attempts are kept as they come (an append) and counted once a message is done: one
+    ``inc(n)`` per handler and outcome, and per handler one write of the durations' sum and one
+    per bucket they fall in.
+    """
+
+    def __init__(self) -> None:
+        # A deque: threads of a thread pool append and drain it at once without a lock.
+        self._pending: collections.deque[Any] = collections.deque()
+
+    def record(self, result: Any) -> None:
+        self._pending.append(result)
+
+    def commit(self) -> None:
+        pending = self._pending
+        groups: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        while True:
+            try:
+                result = pending.popleft()
+            except IndexError:
+                break
+            key = (result.event.name, result.handler)
+            found = groups.get(key)
+            if found is None:
+                found = groups[key] = ([], [])
+            found[0 if result.error is None else 1].append(result.duration)
+        if not groups:
+            return
+        counts = metrics()
+        for (event, handler), (succeeded, failed) in groups.items():
+            children = counts.handler(event, handler)
+            if succeeded:
+                children.succeeded.inc(len(succeeded))
+            if failed:
+                children.failed.inc(len(failed))
+            observe_all(children.duration, succeeded + failed)
 
 
-def _failed(sender: Any, *, event: Any, handler: str, duration: float, **_: Any) -> None:
-    found = metrics().handler(event.name, handler)
-    found.failed.inc()
-    found.duration.observe(duration)
+def observe_all(histogram: Any, amounts: list[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, with one write per bucket they fall in and
+    one for their sum (prometheus_client's children keep ``_sum``, ``_buckets`` and
+    ``_upper_bounds``; should a version not, each amount is observed in turn)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    hits: dict[int, int] = {}
+    for amount in amounts:
+        index = bisect.bisect_left(bounds, amount)  # the first bound >= amount, as observe() finds it
+        hits[index] = hits.get(index, 0) + 1
+    total.inc(sum(amounts))
+    for index, count in hits.items():
+        buckets[index].inc(count)
 
 
 def _retried(sender: Any, *, event: Any, handler: str, **_: Any) -> None:
@@ -203,8 +256,6 @@ _RECEIVERS: tuple[tuple[Any, Callable[..., None]], ...] = (
     (signals.event_rejected, _rejected),
     (signals.events_spooled, _spooled),
     (signals.events_dropped, _dropped),
-    (signals.handler_succeeded, _succeeded),
-    (signals.handler_failed, _failed),
     (signals.handler_retried, _retried),
     (signals.handler_dead_lettered, _dead_lettered),
 )

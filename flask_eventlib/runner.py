@@ -64,6 +64,19 @@ class Spans(Protocol):
     def run(self, call: Callable[[], Any], event: BaseEvent, handler: str, attempt: int, retries: int) -> None: ...
 
 
+class Watcher(Protocol):
+    """Told of every attempt of a handler, straight from the runner (the console's figures and
+    Prometheus metrics): cheaper than a signal a run, and the counts of a message go together.
+
+    ``record`` is called in the worker right after each attempt, so it must be quick (keep the
+    result, count it); ``commit`` once the attempts of a message, or of a retry, were recorded.
+    """
+
+    def record(self, result: HandlerResult) -> None: ...
+
+    def commit(self) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Runner:
     """Runs the handlers of encoded events for one app.
@@ -89,6 +102,8 @@ class Runner:
     :param streams: publishes each event to the Redis Streams its name is routed to, in one
         round trip a message, sent before the handlers run and read after (``None``: no streams).
         A publish that fails is retried and dead-lettered as a handler named ``flask_eventlib.streams``.
+    :param watchers: told of every attempt of a handler (:class:`Watcher`); the signals
+        ``handler_succeeded`` and ``handler_failed`` are sent as well, for the app's own receivers.
     """
 
     registry: Registry
@@ -104,6 +119,7 @@ class Runner:
     claim_ttl: float = 0.0
     spans: Spans | None = None
     streams: StreamPublisher | None = None
+    watchers: tuple[Watcher, ...] = ()
     #: Without dedup, the delivery counts of finished messages, forgotten with the next begin.
     _finished: collections.deque[RunKey] = dataclasses.field(
         default_factory=collections.deque, init=False, repr=False, compare=False
@@ -150,6 +166,13 @@ class Runner:
 
         :param propagate: re-raise the first error once every handler of every message has run.
         """
+        try:
+            return self._process(messages, propagate)
+        finally:
+            for watcher in self.watchers:
+                watcher.commit()
+
+    def _process(self, messages: Iterable[str], propagate: bool) -> list[HandlerResult]:
         decoded: list[tuple[str, BaseEvent]] = []
         first_error: BaseException | None = None
         for message in messages:
@@ -263,6 +286,15 @@ class Runner:
         on, a handler another delivery holds is checked again when that claim's lease would end:
         by a retry task, or here, waiting, without ``schedule_retry``.
         """
+        try:
+            return self._process_retry(message, handler, attempt, first_failed_at)
+        finally:
+            for watcher in self.watchers:
+                watcher.commit()
+
+    def _process_retry(
+        self, message: str, handler: str, attempt: int, first_failed_at: float | None
+    ) -> HandlerResult | None:
         event = self.decode(message)
         event_id = event.id or ""
         key = (event_id, handler)
@@ -408,6 +440,9 @@ class Runner:
                     exc_info=True,
                     extra={"event_name": event.name, "event_id": event.id, "handler": label, "attempt": attempt},
                 )
+                tried = HandlerResult(event, label, exc, attempt=attempt, duration=duration)
+                for watcher in self.watchers:
+                    watcher.record(tried)
                 signals.send(
                     signals.handler_failed,
                     sender,
@@ -419,7 +454,8 @@ class Runner:
                 )
                 if final:
                     self._dead_letter(message, event, label, attempt, exc, traceback.format_exc(), first_failed_at)
-                    return HandlerResult(event, label, exc, attempt=attempt, dead_lettered=True)
+                    tried.dead_lettered = True
+                    return tried
                 signals.send(signals.handler_retried, sender, event=event, handler=label, attempt=attempt, delay=delay)
                 if self.schedule_retry is None:
                     attempt += 1
@@ -429,14 +465,19 @@ class Runner:
                 except Exception as publish_error:
                     logger.error("Cannot schedule a retry of %s for event %s: %s", label, event.id, publish_error)
                     self._dead_letter(message, event, label, attempt, exc, traceback.format_exc(), first_failed_at)
-                    return HandlerResult(event, label, exc, attempt=attempt, dead_lettered=True)
-                return HandlerResult(event, label, exc, attempt=attempt, retry_in=delay)
+                    tried.dead_lettered = True
+                    return tried
+                tried.retry_in = delay
+                return tried
             else:
                 duration = time.perf_counter() - started
+                result = HandlerResult(event, label, None, attempt=attempt, duration=duration)
+                for watcher in self.watchers:
+                    watcher.record(result)
                 signals.send(
                     signals.handler_succeeded, sender, event=event, handler=label, attempt=attempt, duration=duration
                 )
-                return HandlerResult(event, label, None, attempt=attempt)
+                return result
 
     def _retries(self, call: Callable[[], Any]) -> int:
         """The handler's retries: its policy's, or the app's default."""
@@ -712,7 +753,7 @@ class _Keeper:
 class HandlerResult:
     """What one attempt of one handler did with one event."""
 
-    __slots__ = ("attempt", "dead_lettered", "error", "event", "handler", "retry_in")
+    __slots__ = ("attempt", "dead_lettered", "duration", "error", "event", "handler", "retry_in")
 
     def __init__(
         self,
@@ -723,6 +764,7 @@ class HandlerResult:
         attempt: int = 1,
         retry_in: float | None = None,
         dead_lettered: bool = False,
+        duration: float = 0.0,
     ) -> None:
         self.event = event
         self.handler = handler
@@ -730,6 +772,8 @@ class HandlerResult:
         self.attempt = attempt
         self.retry_in = retry_in
         self.dead_lettered = dead_lettered
+        #: Seconds the attempt took (0 when the handler did not run: a dead letter without a run).
+        self.duration = duration
 
     @property
     def ok(self) -> bool:

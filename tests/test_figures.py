@@ -31,6 +31,7 @@ from flask_eventlib.figures import (
     sink_for,
 )
 from flask_eventlib.publishing import Sender, Spool
+from flask_eventlib.runner import HandlerResult
 from flask_eventlib.store import MemoryStore, RedisStore, SQLiteStore
 from tests.conftest import REDIS_URL, wait_for
 
@@ -71,10 +72,9 @@ def gathered(sink: Sink, clock: Clock, app_name: str = "shop", **options: Any) -
 
 
 def ran(figures: Figures, e: Any, handler: str = "shop.count", duration: float = 0.002, error: Exception | None = None):
-    if error is None:
-        figures._on_succeeded(None, event=e, handler=handler, attempt=1, duration=duration)
-    else:
-        figures._on_failed(None, event=e, handler=handler, attempt=1, error=error, duration=duration)
+    # As the runner tells its watchers of an attempt.
+    figures.record(HandlerResult(e, handler, error, attempt=1, duration=duration))
+    figures.commit()
 
 
 # -- pure helpers ------------------------------------------------------------------------------------
@@ -438,7 +438,7 @@ def test_an_apps_receivers_go_with_the_app() -> None:
     from flask_eventlib import signals
 
     def owners() -> list[Any]:
-        found = [r() if isinstance(r, weakref.ref) else r for r in signals.handler_succeeded.receivers.values()]
+        found = [r() if isinstance(r, weakref.ref) else r for r in signals.handler_retried.receivers.values()]
         return [getattr(receiver, "__self__", None) for receiver in found]
 
     app = Flask("gone")
@@ -446,10 +446,10 @@ def test_an_apps_receivers_go_with_the_app() -> None:
     app.extensions["figures"].connect(app)
     gc.collect()
     assert app.extensions["figures"] in owners()
-    kept, before = weakref.ref(app.extensions["figures"]), len(signals.handler_succeeded.receivers)
+    kept, before = weakref.ref(app.extensions["figures"]), len(signals.handler_retried.receivers)
     del app
     gc.collect()
-    assert kept() is None and len(signals.handler_succeeded.receivers) == before - 1
+    assert kept() is None and len(signals.handler_retried.receivers) == before - 1
 
 
 # -- reading back ------------------------------------------------------------------------------------

@@ -358,3 +358,22 @@ def test_gunicorn_and_celery_processes_add_up(deployment: dict[str, Any]) -> Non
         assert counts(http_get(serve_port, "/").decode()) == expected
     finally:
         stop_process(server)
+
+
+def test_durations_counted_by_message_land_in_the_buckets_observe_would_put_them_in() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from flask_eventlib.metrics import DURATION_BUCKETS, observe_all
+
+    amounts = [0.0, 0.0005, 0.001, 0.0010001, 0.02, 0.02, 0.5, 7.0, 59.9, 3600.0, *DURATION_BUCKETS[:3]]
+    one_by_one, grouped = CollectorRegistry(), CollectorRegistry()
+    first = Histogram("d", "d", ["h"], buckets=DURATION_BUCKETS, registry=one_by_one).labels("x")
+    for amount in amounts:
+        first.observe(amount)
+    observe_all(Histogram("d", "d", ["h"], buckets=DURATION_BUCKETS, registry=grouped).labels("x"), amounts)
+    def counts(registry: CollectorRegistry) -> Samples:  # _created: when each child was made
+        return {key: n for key, n in parse(generate_latest(registry).decode()).items() if key[0] != "d_created"}
+
+    expected = counts(one_by_one)
+    assert counts(grouped) == expected
+    assert value(expected, "d_count", h="x") == len(amounts)

@@ -26,7 +26,7 @@ from .measure import Row, Target
 from .procs import BenchError
 
 #: Rounds of (off, on) in a full run; a quick run makes one.
-ROUNDS = 5
+ROUNDS = 9
 
 
 def bench_console(run: Any) -> None:

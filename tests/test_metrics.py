@@ -371,6 +371,7 @@ def test_durations_counted_by_message_land_in_the_buckets_observe_would_put_them
     for amount in amounts:
         first.observe(amount)
     observe_all(Histogram("d", "d", ["h"], buckets=DURATION_BUCKETS, registry=grouped).labels("x"), amounts)
+
     def counts(registry: CollectorRegistry) -> Samples:  # _created: when each child was made
         return {key: n for key, n in parse(generate_latest(registry).decode()).items() if key[0] != "d_created"}
 

@@ -1,13 +1,14 @@
-"""Benchmark 8: the cost of the console's figures to the workers (``EVENTLIB_CONSOLE_FIGURES``).
+"""Benchmark 9: the cost of the console's figures to the workers (``EVENTLIB_CONSOLE_FIGURES``).
 
 9a: a real worker's events per second with the figures on, against the same worker with them off,
-everything else alike (dedup and claims on). With the figures on, each handler run goes through
-two signal receivers that add to counts in memory, and the worker's children write a batch about
-once a second; the target is a drop of at most 5 %. The two sides take turns, in alternating
-order, and the ratio is the median of the rounds' ratios, so a machine that other work slows down
-touches both sides alike; still, on a busy machine the rounds scatter.
+everything else alike (dedup and claims on). With the figures on, the runner hands each handler
+attempt to the figures, which count a message's attempts at its end, and the worker's children
+write a batch about once a second; the target is a drop of at most 5 %. The two sides take turns,
+in alternating order, and the ratio is the median of the rounds' ratios, so a machine that other
+work slows down touches both sides alike; still, on a busy machine the rounds scatter. 9b: the
+same runs' CPU time per event (off / on), which other processes disturb less than the rate.
 
-9b: the same work in one process, measured in CPU time (of every thread: the sender's, which
+9c: the same work in one process, measured in CPU time (of every thread: the sender's, which
 writes the figures once a second, too), which other processes disturb less than the rate: the
 runner processes messages of 10 events, each handler one Redis ``INCR`` as in 9a.
 """
@@ -22,7 +23,7 @@ from flask_eventlib import state
 
 from . import workers
 from .app import create_app, payload
-from .measure import Row, Target
+from .measure import Row, Target, micros
 from .procs import BenchError
 
 #: Rounds of (off, on) in a full run; a quick run makes one.
@@ -30,9 +31,10 @@ ROUNDS = 9
 
 
 def bench_console(run: Any) -> None:
-    """Add rows 9a and 9b to ``run``'s report (``run``: a :class:`bench.suite.Run`)."""
+    """Add rows 9a, 9b and 9c to ``run``'s report (``run``: a :class:`bench.suite.Run`)."""
     row = Row("9a", "worker events/s, the console's figures on vs off", "", "", None, Target(0.95, at_most=False))
-    cpu = Row("9b", "events per CPU second in the runner, the console's figures on vs off", "", "", None)
+    cpu = Row("9c", "events per CPU second in the runner, the console's figures on vs off", "", "", None)
+    worker_cpu = Row("9b", "worker events per CPU-second, the console's figures on vs off", "", "", None)
     sizes = run.sizes
     rounds = ROUNDS if sizes.worker_events >= 10_000 else 1
 
@@ -40,6 +42,7 @@ def bench_console(run: Any) -> None:
         timeout = 60 + sizes.worker_events / 100
         on: list[float] = []
         off: list[float] = []
+        spent: dict[bool, list[float | None]] = {False: [], True: []}
         for n in range(rounds):
             order = (False, True) if n % 2 == 0 else (True, False)
             for figures in order:
@@ -49,12 +52,22 @@ def bench_console(run: Any) -> None:
                     run.client, config, sizes.worker_events, run.folder / f"{name}.log", raw=False, timeout=timeout
                 )
                 (on if figures else off).append(measured.per_second)
+                spent[figures].append(measured.cpu_per_event)
                 if figures and not handled(run):
                     raise BenchError(f"the workers of {name} wrote no figures: were they on? (log: {name}.log)")
         ratios = [a / b for a, b in zip(on, off, strict=True)]
         row.ours = f"{statistics.median(on):,.0f}/s (median of {rounds} runs of {sizes.worker_events} events)"
         row.baseline = f"figures off: {statistics.median(off):,.0f}/s"
         row.rounds, row.ratio = ratios, statistics.median(ratios)
+        on_cpu = [value for value in spent[True] if value is not None]
+        off_cpu = [value for value in spent[False] if value is not None]
+        if on_cpu and len(on_cpu) == len(off_cpu) == rounds:
+            worker_cpu.ours = f"{micros(statistics.median(on_cpu))} CPU/event (median of {rounds} runs)"
+            worker_cpu.baseline = f"figures off: {micros(statistics.median(off_cpu))} CPU/event"
+            worker_cpu.rounds = [off / on for on, off in zip(on_cpu, off_cpu, strict=True)]
+            worker_cpu.ratio = statistics.median(worker_cpu.rounds)
+        else:
+            worker_cpu.missing = "n/a (no /proc)"
         run.report.notes.append(
             f"9a: {rounds} rounds of the same worker as 3a (prefork, {workers.CONCURRENCY} children, the queue filled "
             "first), `EVENTLIB_CONSOLE_FIGURES` off then on (the order alternating); the ratio is the median of the "
@@ -73,11 +86,11 @@ def bench_console(run: Any) -> None:
         cpu.baseline = f"figures off: {statistics.median(off):,.0f} events/CPU s"
         cpu.rounds, cpu.ratio = ratios, statistics.median(ratios)
         run.report.notes.append(
-            f"9b: `Runner.process()` in this process, {sizes.worker_events} events per run, {rounds} rounds; the "
+            f"9c: `Runner.process()` in this process, {sizes.worker_events} events per run, {rounds} rounds; the "
             f"rounds' on/off ratios ranged {min(ratios):.3f}-{max(ratios):.3f}."
         )
 
-    run.step("9. worker throughput, the console's figures on vs off", [row], body)
+    run.step("9. worker throughput, the console's figures on vs off", [row, worker_cpu], body)
     run.step("9. the figures' CPU cost in the runner", [cpu], in_process)
 
 

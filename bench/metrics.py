@@ -16,13 +16,10 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .app import create_app
-from .inprocess import preload_events
+from . import workers
 from .measure import Row, Target, median, micros
-from .procs import celery_worker, cpu_seconds, wait_for
 from .workers import CONCURRENCY, Throughput
 
 if TYPE_CHECKING:
@@ -49,54 +46,25 @@ def _environment(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = before
 
 
-@dataclass
-class Measured:
-    """One worker run: its rate, and the CPU time its processes spent per event meanwhile."""
-
-    throughput: Throughput
-    cpu_per_event: float | None  #: seconds; ``None`` without ``/proc``
-
-
-def throughput(run: Run, name: str, metrics: bool) -> Measured:
+def throughput(run: Run, name: str, metrics: bool) -> Throughput:
     """Fill a queue with the run's worker events (metrics off in this process), then time a worker."""
-    events = run.sizes.worker_events
-    config = run.config(name, BENCH_TOTAL=events)
-    key = config["BENCH_KEY"]
-    app, _ = create_app(**config)
-    preload_events(app, events)
-    messages = int(run.client.llen(config["EVENTLIB_QUEUE"]))
-    worker_config = {**config, "EVENTLIB_METRICS": metrics}
+    config = run.config(name)
     log_path = run.folder / f"{name}.log"
+    events = run.sizes.worker_events
     with tempfile.TemporaryDirectory(prefix="eventlib-bench-prometheus-", dir=run.folder) as folder:
         with _environment(MULTIPROC_DIR, folder if metrics else None):
-            worker = celery_worker("celery", log_path, worker_config, CONCURRENCY)
-        start: tuple[float | None, int] | None = None
-        with worker:
-
-            def finished() -> bool:
-                nonlocal start
-                worker.check_alive()
-                if start is None and run.client.exists(f"{key}:first"):
-                    # From the first handler run on: the worker's start-up is not counted.
-                    start = (
-                        cpu_seconds([worker.process.pid, *worker.children()]),
-                        int(run.client.get(f"{key}:count") or 0),
-                    )
-                return bool(run.client.exists(f"{key}:last"))
-
-            wait_for(finished, timeout=60 + events / 100, what=f"the worker to run {events} events (log: {log_path})")
-            spent = cpu_seconds([worker.process.pid, *worker.children()])
+            measured = workers.throughput(
+                run.client,
+                config,
+                events,
+                log_path,
+                raw=False,
+                timeout=60 + events / 100,
+                worker_config={"EVENTLIB_METRICS": metrics},
+            )
         if metrics and not any(entry.startswith("histogram_") for entry in os.listdir(folder)):
             raise RuntimeError(f"the worker with metrics on wrote no histogram to {folder} (log: {log_path})")
-    first, last, count = run.client.mget(f"{key}:first", f"{key}:last", f"{key}:count")
-    if int(count or 0) != events:
-        raise RuntimeError(f"the handlers ran {int(count or 0)} times for {events} events")
-    cpu = None
-    if start is not None and start[0] is not None and spent is not None and events > start[1]:
-        cpu = (spent - start[0]) / (events - start[1])
-    elif spent is not None:  # all done before the first look (a tiny --quick run): start-up included
-        cpu = spent / events
-    return Measured(Throughput(events, float(last or 0) - float(first or 0), messages), cpu)
+    return measured
 
 
 def bench_metrics(run: Run) -> None:
@@ -117,13 +85,13 @@ def bench_metrics(run: Run) -> None:
         # The ratio sits near 1 with its target 5 % away, and one run of a worker swings by 10-20 %
         # on a shared machine: many more rounds than benchmark 3 needs, so the median holds.
         rounds = run.sizes.worker_rounds if run.sizes.worker_rounds < 3 else 9
-        measured: dict[bool, list[Measured]] = {False: [], True: []}
+        measured: dict[bool, list[Throughput]] = {False: [], True: []}
         for number in range(rounds):
             # Off then on, then on then off: a drift of the machine falls on both sides.
             for metrics in (False, True) if number % 2 == 0 else (True, False):
                 name = f"metrics-{number}-{'on' if metrics else 'off'}"
                 measured[metrics].append(throughput(run, name, metrics))
-        rates = {side: [found.throughput.per_second for found in measured[side]] for side in measured}
+        rates = {side: [found.per_second for found in measured[side]] for side in measured}
         _fill_rounds(
             rate,
             f"{median(rates[True]):,.0f}/s ({run.sizes.worker_events} events; runs {_rates(rates[True])})",

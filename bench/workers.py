@@ -10,7 +10,7 @@ import redis
 
 from .app import create_app
 from .inprocess import preload_events, preload_raw
-from .procs import celery_worker, wait_for
+from .procs import celery_worker, cpu_seconds, wait_for
 
 #: Prefork children of every worker, the same on both sides.
 CONCURRENCY = 2
@@ -21,6 +21,9 @@ class Throughput:
     events: int
     seconds: float  #: from the first handler run to the last
     messages: int
+    #: CPU seconds (user + system) the worker's processes spent per event from the first handler
+    #: run on; ``None`` without ``/proc``.
+    cpu_per_event: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -28,10 +31,20 @@ class Throughput:
 
 
 def throughput(
-    client: redis.Redis, config: dict[str, Any], events: int, log_path: Path, *, raw: bool, timeout: float
+    client: redis.Redis,
+    config: dict[str, Any],
+    events: int,
+    log_path: Path,
+    *,
+    raw: bool,
+    timeout: float,
+    worker_config: dict[str, Any] | None = None,
 ) -> Throughput:
     """Fill the queue with ``events`` events (ours: 10 per message; raw: one task each), then start
-    a worker and time it from the first handler run to the last (both stored by the handler)."""
+    a worker and time it from the first handler run to the last (both stored by the handler).
+
+    :param worker_config: settings of the worker only (the process that fills the queue has not them).
+    """
     config = {**config, "BENCH_TOTAL": events}
     key = config["BENCH_KEY"]
     app, _ = create_app(**config)
@@ -42,14 +55,28 @@ def throughput(
         preload_events(app, events)
         queue = config["EVENTLIB_QUEUE"]
     messages = int(client.llen(queue))
-    with celery_worker("raw_celery" if raw else "celery", log_path, config, CONCURRENCY) as worker:
+    worker = celery_worker(
+        "raw_celery" if raw else "celery", log_path, {**config, **(worker_config or {})}, CONCURRENCY
+    )
+    start: tuple[float | None, int] | None = None
+    with worker:
 
         def finished() -> bool:
+            nonlocal start
             worker.check_alive()
+            if start is None and client.exists(f"{key}:first"):
+                # From the first handler run on: the worker's start-up is not counted.
+                start = (cpu_seconds([worker.process.pid, *worker.children()]), int(client.get(f"{key}:count") or 0))
             return bool(client.exists(f"{key}:last"))
 
         wait_for(finished, timeout=timeout, what=f"the worker to run {events} events (log: {log_path})")
+        spent = cpu_seconds([worker.process.pid, *worker.children()])
     first, last, count = client.mget(f"{key}:first", f"{key}:last", f"{key}:count")
     if int(count or 0) != events:
         raise RuntimeError(f"the handlers ran {int(count or 0)} times for {events} events")
-    return Throughput(events, float(last or 0) - float(first or 0), messages)
+    cpu = None
+    if start is not None and start[0] is not None and spent is not None and events > start[1]:
+        cpu = (spent - start[0]) / (events - start[1])
+    elif spent is not None:  # all done before the first look (a tiny --quick run): start-up included
+        cpu = spent / events
+    return Throughput(events, float(last or 0) - float(first or 0), messages, cpu)

@@ -347,8 +347,9 @@ class _RequestHooks:
         return None if found is _HANDED_OVER else found
 
     def after_request(self, response: Response) -> Response:
-        if _BUFFER in request.__dict__:
-            request.__dict__[_STATUS] = response.status_code
+        state = request._get_current_object().__dict__  # type: ignore[attr-defined]  # one look through the proxy
+        if _BUFFER in state:
+            state[_STATUS] = response.status_code
         return response
 
     def teardown_request(self, error: BaseException | None) -> None:
@@ -357,11 +358,12 @@ class _RequestHooks:
         Teardown functions registered before ``init_app`` run after this one (Flask runs them in
         reverse order); the events they log go straight to the sender.
         """
-        buffered = request.__dict__.get(_BUFFER)
-        request.__dict__[_BUFFER] = _HANDED_OVER
+        state = request._get_current_object().__dict__  # type: ignore[attr-defined]  # one look through the proxy
+        buffered = state.get(_BUFFER)
+        state[_BUFFER] = _HANDED_OVER
         if not buffered:
             return
-        failed = error is not None or request.__dict__.get(_STATUS, 500) >= 400
+        failed = error is not None or state.get(_STATUS, 500) >= 400
         if failed and not self.send_on_failed_request:
             logger.info("Discarded %d events of a failed request (EVENTLIB_SEND_ON_FAILED_REQUEST)", len(buffered))
             self.then.discard(buffered)

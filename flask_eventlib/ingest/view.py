@@ -26,7 +26,7 @@ import io
 from typing import Any
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..exceptions import ConfigurationError, EventNotFound, EventNotPublic, ValidationError
@@ -47,12 +47,13 @@ _ENDPOINT = "eventlib.log"
 # -- the core, as the ingest sees it --------------------------------------------------------------
 
 
-def _core() -> tuple[EventLibState, HttpSettings]:
-    """The current app's state and ingest settings: the one place the ingest reaches the core.
+def _core(app: Flask | None = None) -> tuple[EventLibState, HttpSettings]:
+    """The state and ingest settings of ``app`` (default: the current app): the one place the
+    ingest reaches the core.
 
     :raises ConfigurationError: when ``EventLib.init_app`` did not set up the app's ingest.
     """
-    state = current_app.extensions.get(EXTENSION_KEY)
+    state = (current_app if app is None else app).extensions.get(EXTENSION_KEY)
     if state is None or state.http is None:
         raise ConfigurationError(
             "The eventlib blueprint is registered by EventLib.init_app() (EVENTLIB_HTTP_ENABLED), "
@@ -78,9 +79,10 @@ def register_http(app: Flask, settings: HttpSettings) -> None:
 def _limit_body_size(endpoint: str | None, values: dict[str, Any] | None) -> None:
     # URL value preprocessors run before every before_request hook, so no hook of the app can
     # read an unlimited body of this endpoint first.
-    limit = _core()[1].max_content_length
-    request.max_content_length = limit
-    environ = request.environ
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one look through the proxy
+    limit = _core(current_app._get_current_object())[1].max_content_length  # type: ignore[attr-defined]
+    req.max_content_length = limit
+    environ = req.environ
     chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
     if (chunked or environ.get("CONTENT_LENGTH") is None) and environ.get("wsgi.input_terminated"):
         # A body without a length (chunked, which also overrides a Content-Length): Werkzeug
@@ -120,28 +122,35 @@ def _refuse_other_methods() -> Response | None:
 @blueprint.route("/log", endpoint="log", methods=["POST"], provide_automatic_options=False)
 def log_event() -> Response:
     """Log the events of a browser's request; see the module docstring for the response."""
-    state, settings = _core()
-    if len(request.query_string) > settings.max_content_length:
+    # The request and the app looked up once: each look through Flask's proxies costs about half
+    # a microsecond, and this view used to make twenty of them.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state, settings = _core(app)
+    environ = req.environ  # read directly: Werkzeug's header views cost more than the check
+    query_string = environ.get("QUERY_STRING", "")
+    if len(query_string) > settings.max_content_length:
         raise Refused(413, "payload_too_large", f"The query string is longer than {settings.max_content_length} bytes.")
-    environ = request.environ  # read directly: Werkzeug's header views cost more than the check
     origin = environ.get("HTTP_ORIGIN")
     referer = environ.get("HTTP_REFERER") if origin is None else None
     if origin is not None or referer is not None:  # else not from a browser, and host_url costs
-        check_origin(origin, referer, request.host_url, settings.allowed_origins)
+        check_origin(origin, referer, req.host_url, settings.allowed_origins)
     if settings.limiter is not None:
         # After the origin check, so a foreign page cannot use up a visitor's budget; before the
-        # body is read, so the limit also caps the work of reading bodies. request.remote_addr:
-        # behind a proxy, wrap the app in ProxyFix (never a raw X-Forwarded-For).
-        settings.limiter.check(request.remote_addr or "unknown")
-    items, problems = _read_events(settings)
-    accepted, refused = _log(state, items)
-    problems = sorted([*problems, *refused], key=lambda p: -1 if p.index is None else p.index)
+        # body is read, so the limit also caps the work of reading bodies. REMOTE_ADDR, as
+        # request.remote_addr reads it: behind a proxy, wrap the app in ProxyFix (never a raw
+        # X-Forwarded-For).
+        settings.limiter.check(environ.get("REMOTE_ADDR") or "unknown")
+    items, problems = _read_events(req, environ, bool(query_string), settings)
+    accepted, refused = _log(state, items, environ)
+    if problems or refused:
+        problems = sorted([*problems, *refused], key=lambda p: -1 if p.index is None else p.index)
     if accepted:
         status = 202
     else:
         statuses = {problem.status for problem in problems}
         status = statuses.pop() if len(statuses) == 1 else 400
-    return _respond(status, accepted, problems, settings.allowed_origins)
+    return _respond(status, accepted, problems, settings.allowed_origins, environ, app.response_class)
 
 
 @blueprint.get("/schema.json", endpoint="schema")
@@ -157,25 +166,55 @@ def event_schema() -> Response:
 blueprint.add_url_rule("/eventlib.js", "script", serve_script, methods=["GET"])
 
 
-def _read_events(settings: HttpSettings) -> tuple[list[Item], list[Problem]]:
+def _read_events(
+    req: Request, environ: dict[str, Any], has_query: bool, settings: HttpSettings
+) -> tuple[list[Item], list[Problem]]:
     """Hand the parser what the request's content type needs, read once."""
-    mimetype = request.mimetype
-    query = request.args if request.query_string else None  # parsing even an empty one costs
+    mimetype = _mimetype(environ.get("CONTENT_TYPE"))
+    query = req.args if has_query else None  # parsing even an empty one costs
     if mimetype in FORM_TYPES:
         # Werkzeug parses the form from the stream: the body is not read as bytes too.
-        form = request.form
-        return read_events(mimetype, b"", query, form, has_files=bool(request.files), max_batch=settings.max_batch)
+        form = req.form
+        return read_events(mimetype, b"", query, form, has_files=bool(req.files), max_batch=settings.max_batch)
     # The body of another type is refused unread: a 415, however large it is.
-    body = request.get_data(cache=True) if not mimetype or mimetype in JSON_TYPES else b""
+    body = _body(req, environ, settings.max_content_length) if not mimetype or mimetype in JSON_TYPES else b""
     return read_events(mimetype, body, query, max_batch=settings.max_batch)
 
 
-def _log(state: EventLibState, items: list[Item]) -> tuple[list[str], list[Problem]]:
+def _mimetype(content_type: str | None) -> str:
+    """The content type without its parameters, in lower case, as ``request.mimetype`` has it
+    (which parses the parameters too, for nothing here)."""
+    if not content_type:
+        return ""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _body(req: Request, environ: dict[str, Any], limit: int) -> bytes:
+    """The body of a request with a plain ``Content-Length`` within ``limit``, read straight from
+    the server's stream, which a WSGI server ends at that length (Werkzeug's wrapped stream cost
+    more than the rest of reading an event); the stream is then a copy of the body, so the app can
+    still read ``request.data``. Any other request (a length out of bounds or not a number, a
+    chunked body) is Werkzeug's, with its 413 and 400."""
+    length = environ.get("CONTENT_LENGTH")
+    if not length:
+        return b""
+    plain = length.isdigit() and length.isascii() and int(length) <= limit
+    if not plain or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        return req.get_data(cache=True)
+    size = int(length)
+    body = environ["wsgi.input"].read(size) if size else b""
+    if len(body) < size:
+        raise Refused(400, "invalid_request", f"The request body ended after {len(body)} of its {size} bytes.")
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _log(state: EventLibState, items: list[Item], environ: dict[str, Any]) -> tuple[list[str], list[Problem]]:
     """Log each event through the app's core, public ones only; return the accepted ids and the refusals."""
     context = {
         "received_at": dt.datetime.now(dt.UTC),
-        "remote_addr": request.remote_addr,
-        "user_agent": request.environ.get("HTTP_USER_AGENT"),
+        "remote_addr": environ.get("REMOTE_ADDR"),  # what request.remote_addr reads
+        "user_agent": environ.get("HTTP_USER_AGENT"),
     }
     accepted: list[str] = []
     problems: list[Problem] = []
@@ -245,13 +284,19 @@ def _http_message(exc: HTTPException, status: int) -> str:
 
 
 def _respond(
-    status: int, accepted: list[str], problems: list[Problem], allowed_origins: frozenset[str] | None = None
+    status: int,
+    accepted: list[str],
+    problems: list[Problem],
+    allowed_origins: frozenset[str] | None = None,
+    environ: dict[str, Any] | None = None,
+    response_class: type[Response] | None = None,
 ) -> Response:
-    """The one JSON shape; ``allowed_origins`` defaults to the app's (none when it has no ingest set up)."""
+    """The one JSON shape; ``allowed_origins`` defaults to the app's (none when it has no ingest
+    set up), ``environ`` to the current request's, ``response_class`` to the current app's."""
     body = orjson.dumps({"accepted": accepted, "errors": [problem.as_json() for problem in problems]})
     # Headers as a list: Werkzeug's header-set helpers (response.vary) cost more than the view.
     headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), ("Vary", "Origin")]
-    origin = request.environ.get("HTTP_ORIGIN")
+    origin = (request.environ if environ is None else environ).get("HTTP_ORIGIN")
     if origin:
         normalised = normalise_origin(origin)
         if allowed_origins is None:
@@ -260,7 +305,9 @@ def _respond(
             # Lets a page of an allowed origin read the answer of a CORS-safe fetch (no preflight).
             headers.append(("Access-Control-Allow-Origin", normalised))
             headers.append(("Access-Control-Expose-Headers", "Retry-After"))  # the JS client's backoff reads it
-    return current_app.response_class(body, status=status, headers=headers, mimetype="application/json")
+    if response_class is None:
+        response_class = current_app.response_class
+    return response_class(body, status=status, headers=headers, mimetype="application/json")
 
 
 def _allowed_origins() -> frozenset[str]:

@@ -85,21 +85,11 @@ class Codec:
 
         :raises SerializationError: (a ``TypeError``) naming where the unsupported value is.
         """
-        if type(value) is dict or (isinstance(value, dict) and type(value) not in self._dumpers):
-            # The common case, a flat dict of JSON scalars under plain keys, is JSON already: one
-            # loop and no copy (orjson writes a dict subclass as a dict).
-            for key, item in value.items():
-                if type(key) is not str or key[:1] == "$":
-                    break
-                kind = type(item)
-                if kind is str or kind is bool or item is None:
-                    continue
-                if (kind is int and _INT_MIN <= item <= _INT_MAX) or (kind is float and math.isfinite(item)):
-                    continue
-                break
-            else:
-                return value
         try:
+            if type(value) is dict or (isinstance(value, dict) and type(value) not in self._dumpers):
+                flat = self._encode_flat(value)
+                if flat is not None:
+                    return flat
             return self._encode(value)
         except RecursionError:
             raise SerializationError(f"Cannot serialize {root}: it is nested too deeply") from None
@@ -111,6 +101,28 @@ class Codec:
                 f"register it: flask_eventlib.register_type({kind.__qualname__}, 'tag', dump=..., load=...)"
             )
             raise SerializationError(f"Cannot serialize {where}: {reason}") from None
+
+    def _encode_flat(self, value: dict[Any, Any]) -> dict[str, Any] | None:
+        """The common case, a dict of JSON scalars under plain keys, is JSON already: one loop and
+        no copy (orjson writes a dict subclass as a dict). A value that is not a JSON scalar (a
+        datetime, a list) is encoded on its own, in a copy; ``None`` when a key needs the whole walk."""
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            if type(key) is not str or key[:1] == "$":
+                return None
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            if (kind is int and _INT_MIN <= item <= _INT_MAX) or (kind is float and math.isfinite(item)):
+                continue
+            if out is None:
+                out = dict(value)
+            try:
+                out[key] = self._encode(item)
+            except _Unsupported as exc:
+                exc.path.append(f"[{key!r}]")
+                raise
+        return value if out is None else out
 
     def _encode(self, value: Any) -> Any:
         kind = type(value)
@@ -132,6 +144,9 @@ class Codec:
             if math.isfinite(value):
                 return value
             return {_TAG: "float", _VALUE: repr(value)}
+        entry = self._dumpers.get(kind)  # a registered type itself (a datetime): no walk of its MRO
+        if entry is not None:
+            return self._dump(value, entry)
         if kind is dict or (isinstance(value, dict) and kind not in self._dumpers):
             out = {}
             for key, item in value.items():
@@ -160,13 +175,16 @@ class Codec:
         for klass in kind.__mro__:
             entry = self._dumpers.get(klass)
             if entry is not None:
-                tag, dump = entry
-                try:
-                    dumped = dump(value)
-                except Exception as exc:
-                    raise _Unsupported(value, [], f"the dump function for {tag!r} failed: {exc!r}") from exc
-                return {_TAG: tag, _VALUE: self._encode(dumped)}
+                return self._dump(value, entry)
         raise _Unsupported(value, [])
+
+    def _dump(self, value: Any, entry: tuple[str, Callable[[Any], Any]]) -> dict[str, Any]:
+        tag, dump = entry
+        try:
+            dumped = dump(value)
+        except Exception as exc:
+            raise _Unsupported(value, [], f"the dump function for {tag!r} failed: {exc!r}") from exc
+        return {_TAG: tag, _VALUE: dumped if type(dumped) is str else self._encode(dumped)}
 
     def dumps(self, value: Any) -> str:
         """Encode ``value`` and serialize it to a JSON string."""

@@ -696,3 +696,50 @@ def test_the_memory_rate_limit_opens_a_window_at_a_clients_first_hit_and_stays_b
     clock[0] += 1.0
     limit.hit("after")  # the sweep finds more than MAX_CLIENTS counters and drops them
     assert len(limit._limiter._counts) <= 2  # type: ignore[union-attr]
+
+
+# -- a body of plain Content-Length, read straight from the server's stream ---------------------
+
+
+def test_the_app_can_still_read_the_body_the_endpoint_read(make_app: AppFactory, records: Records) -> None:
+    app = make_app()
+    seen: list[bytes] = []
+
+    @app.after_request
+    def read_it_again(response: Any) -> Any:
+        from flask import request
+
+        seen.append(request.get_data())
+        return response
+
+    data = json.dumps({"event": "web.PageView", "data": {"page": "/again"}}).encode()
+    (event_id,) = accepted(app.test_client().post("/event/log", data=data, content_type="application/json"), records)
+    assert seen == [data]
+    assert records.for_id(event_id)[0]["data"] == {"page": "'/again'"}
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(client: FlaskClient, records: Records) -> None:
+    data = b'{"event": "web.PageView", "data": {"page": "/"}}'
+    response = client.post(
+        "/event/log",
+        input_stream=io.BytesIO(data),
+        headers={"Content-Type": "application/json"},
+        environ_overrides={"CONTENT_LENGTH": str(len(data) + 10)},
+    )
+    document = refused(response, 400, "invalid_request", records)
+    message = f"The request body ended after {len(data)} of its {len(data) + 10} bytes."
+    assert document["errors"][0]["message"] == message
+
+
+@pytest.mark.parametrize("length", ["-5", "12x", "\uff11\uff12"])
+def test_a_content_length_that_is_not_a_plain_number_is_werkzeugs_to_judge(
+    client: FlaskClient, records: Records, length: str
+) -> None:
+    # Werkzeug reads no body for a length it cannot use: the request has no event.
+    response = client.post(
+        "/event/log",
+        input_stream=io.BytesIO(b'{"event": "web.PageView", "data": {}}'),
+        headers={"Content-Type": "application/json"},
+        environ_overrides={"CONTENT_LENGTH": length},
+    )
+    refused(response, 400, "invalid_request", records)

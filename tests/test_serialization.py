@@ -74,6 +74,27 @@ def test_any_json_value_round_trips(value: Any) -> None:
     assert default_codec.loads(default_codec.dumps(value)) == value
 
 
+mixed_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.datetimes(timezones=st.just(dt.UTC))
+    | st.decimals(allow_nan=False),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), mixed_values))
+def test_the_top_level_shortcut_encodes_a_dict_as_the_whole_walk_does(data: dict[str, Any]) -> None:
+    # encode() handles a dict's top level in one loop (each value that is not a JSON scalar on
+    # its own); _encode() is the walk of everything, which it must match.
+    assert default_codec.encode(data) == default_codec._encode(data)
+    assert default_codec.loads(default_codec.dumps(data)) == data
+
+
 @pytest.mark.parametrize(
     ("data", "where", "kind"),
     [

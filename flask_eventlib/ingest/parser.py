@@ -162,8 +162,8 @@ def _event_from_json(index: int, entry: Any) -> Item | Problem:
         return Problem(400, "invalid_event", f"An event must be a JSON object. {_SHAPE_HINT}", index=index)
     name = entry.get("event")
     event = clip(name) if isinstance(name, str) else None
-    unexpected = sorted(set(entry) - _EVENT_KEYS)
-    if unexpected:
+    if not _EVENT_KEYS.issuperset(entry):
+        unexpected = sorted(set(entry) - _EVENT_KEYS)
         keys = ", ".join(repr(clip(key)) for key in unexpected[:5])
         return Problem(
             400, "invalid_event", f"Unexpected keys {keys}; an event has only event, data and id.", index, event

@@ -718,6 +718,26 @@ def test_the_app_can_still_read_the_body_the_endpoint_read(make_app: AppFactory,
     assert records.for_id(event_id)[0]["data"] == {"page": "'/again'"}
 
 
+@pytest.mark.parametrize("reads", ["data", "form", "stream"])
+def test_a_body_an_app_hook_read_first_is_still_read(make_app: AppFactory, records: Records, reads: str) -> None:
+    app = make_app()
+
+    @app.before_request
+    def read_first() -> None:
+        from flask import request
+
+        if reads == "data":
+            request.get_data()
+        elif reads == "form":
+            request.form  # noqa: B018  # parses nothing from JSON, but opens the stream
+        else:
+            request.stream  # noqa: B018
+
+    data = json.dumps({"event": "web.PageView", "data": {"page": "/first"}}).encode()
+    (event_id,) = accepted(app.test_client().post("/event/log", data=data, content_type="application/json"), records)
+    assert records.for_id(event_id)[0]["data"] == {"page": "'/first'"}
+
+
 def test_a_body_shorter_than_its_content_length_is_refused(client: FlaskClient, records: Records) -> None:
     data = b'{"event": "web.PageView", "data": {"page": "/"}}'
     response = client.post(

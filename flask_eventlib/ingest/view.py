@@ -194,12 +194,14 @@ def _body(req: Request, environ: dict[str, Any], limit: int) -> bytes:
     the server's stream, which a WSGI server ends at that length (Werkzeug's wrapped stream cost
     more than the rest of reading an event); the stream is then a copy of the body, so the app can
     still read ``request.data``. Any other request (a length out of bounds or not a number, a
-    chunked body) is Werkzeug's, with its 413 and 400."""
+    chunked body, a body the app's hooks read first) is Werkzeug's, with its 413 and 400."""
     length = environ.get("CONTENT_LENGTH")
     if not length:
         return b""
     plain = length.isdigit() and length.isascii() and int(length) <= limit
-    if not plain or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+    if not plain or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" or "stream" in req.__dict__:
+        # The last: a hook of the app read the body already (request.stream is a cached property,
+        # kept in the request's __dict__), so what it read is Werkzeug's to give again.
         return req.get_data(cache=True)
     size = int(length)
     body = environ["wsgi.input"].read(size) if size else b""

@@ -11,18 +11,22 @@ import time
 
 import redis
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Where the counters go without ``BENCH_REDIS_URL`` (which the run sets for itself and its workers).
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
-_clients: dict[int, redis.Redis] = {}
+_clients: dict[tuple[int, str], redis.Redis] = {}
 
 
 def client() -> redis.Redis:
-    """A Redis client of this process (worker children are forked: never share a parent's)."""
-    pid = os.getpid()
-    found = _clients.get(pid)
+    """A Redis client of this process (worker children are forked: never share a parent's), on the
+    run's Redis: ``BENCH_REDIS_URL`` is read at each call, not at import, since the run sets it
+    after this module was imported (its in-process benchmarks counted in db 0, out of reach of the
+    run's clean-up)."""
+    place = (os.getpid(), os.environ.get("BENCH_REDIS_URL") or DEFAULT_URL)
+    found = _clients.get(place)
     if found is None:
         _clients.clear()
-        found = _clients[pid] = redis.Redis.from_url(REDIS_URL)
+        found = _clients[place] = redis.Redis.from_url(place[1])
     return found
 
 

@@ -133,12 +133,6 @@ def runner_cpu(run: Run, messages: int, rounds: int) -> tuple[float, float, list
     from flask_eventlib import envelope
     from flask_eventlib.streams import StreamPublisher
 
-    from . import effect
-
-    # bench.effect read BENCH_REDIS_URL when it was imported, before the run set it: the handlers
-    # of this process count in the run's Redis too, where the run's clean-up finds their keys.
-    effect.REDIS_URL = run.redis_url
-    effect._clients.clear()
     config = {**run.config("streams-cpu"), "BENCH_TOTAL": 0}
     app, _ = create_app(**config)
     state = app.extensions["eventlib"]

@@ -56,16 +56,19 @@ def bench_console(run: Any) -> None:
                 if figures and not handled(run):
                     raise BenchError(f"the workers of {name} wrote no figures: were they on? (log: {name}.log)")
         ratios = [a / b for a, b in zip(on, off, strict=True)]
-        row.ours = f"{statistics.median(on):,.0f}/s (median of {rounds} runs of {sizes.worker_events} events)"
-        row.baseline = f"figures off: {statistics.median(off):,.0f}/s"
-        row.rounds, row.ratio = ratios, statistics.median(ratios)
+        row.fill_rounds(
+            f"{statistics.median(on):,.0f}/s (median of {rounds} runs of {sizes.worker_events} events)",
+            f"figures off: {statistics.median(off):,.0f}/s",
+            ratios,
+        )
         on_cpu = [value for value in spent[True] if value is not None]
         off_cpu = [value for value in spent[False] if value is not None]
         if on_cpu and len(on_cpu) == len(off_cpu) == rounds:
-            worker_cpu.ours = f"{micros(statistics.median(on_cpu))} CPU/event (median of {rounds} runs)"
-            worker_cpu.baseline = f"figures off: {micros(statistics.median(off_cpu))} CPU/event"
-            worker_cpu.rounds = [off / on for on, off in zip(on_cpu, off_cpu, strict=True)]
-            worker_cpu.ratio = statistics.median(worker_cpu.rounds)
+            worker_cpu.fill_rounds(
+                f"{micros(statistics.median(on_cpu))} CPU/event (median of {rounds} runs)",
+                f"figures off: {micros(statistics.median(off_cpu))} CPU/event",
+                [off / on for on, off in zip(on_cpu, off_cpu, strict=True)],
+            )
         else:
             worker_cpu.missing = "n/a (no /proc)"
         run.report.notes.append(
@@ -82,9 +85,11 @@ def bench_console(run: Any) -> None:
             for figures in (False, True) if n % 2 == 0 else (True, False):
                 (on if figures else off).append(_events_per_cpu_second(apps[figures], sizes.worker_events))
         ratios = [a / b for a, b in zip(on, off, strict=True)]
-        cpu.ours = f"{statistics.median(on):,.0f} events/CPU s (median of {rounds} runs)"
-        cpu.baseline = f"figures off: {statistics.median(off):,.0f} events/CPU s"
-        cpu.rounds, cpu.ratio = ratios, statistics.median(ratios)
+        cpu.fill_rounds(
+            f"{statistics.median(on):,.0f} events/CPU s (median of {rounds} runs)",
+            f"figures off: {statistics.median(off):,.0f} events/CPU s",
+            ratios,
+        )
         run.report.notes.append(
             f"9c: `Runner.process()` in this process, {sizes.worker_events} events per run, {rounds} rounds; the "
             f"rounds' on/off ratios ranged {min(ratios):.3f}-{max(ratios):.3f}."

@@ -65,6 +65,10 @@ class Row:
     #: The ratio of each round, when the row ran in rounds; ``ratio`` is then their median.
     rounds: list[float] = field(default_factory=list)
 
+    def fill_rounds(self, ours: str, baseline: str, ratios: Sequence[float]) -> None:
+        """A row measured in rounds: its ratio is their median, its spread their range."""
+        self.ours, self.baseline, self.rounds, self.ratio = ours, baseline, list(ratios), median(ratios)
+
     @property
     def result(self) -> str:
         """``pass`` or ``FAIL`` on the median; ``borderline`` when the median meets the target

@@ -92,8 +92,7 @@ def bench_metrics(run: Run) -> None:
                 name = f"metrics-{number}-{'on' if metrics else 'off'}"
                 measured[metrics].append(throughput(run, name, metrics))
         rates = {side: [found.per_second for found in measured[side]] for side in measured}
-        _fill_rounds(
-            rate,
+        rate.fill_rounds(
             f"{median(rates[True]):,.0f}/s ({run.sizes.worker_events} events; runs {_rates(rates[True])})",
             f"metrics off: {median(rates[False]):,.0f}/s (runs {_rates(rates[False])})",
             [on / off for on, off in zip(rates[True], rates[False], strict=True)],
@@ -102,8 +101,7 @@ def bench_metrics(run: Run) -> None:
         if all(value is not None for values in spent.values() for value in values):
             on_cpu = [value for value in spent[True] if value is not None]
             off_cpu = [value for value in spent[False] if value is not None]
-            _fill_rounds(
-                cpu,
+            cpu.fill_rounds(
                 f"{micros(median(on_cpu))} CPU/event (runs {', '.join(micros(v) for v in on_cpu)})",
                 f"metrics off: {micros(median(off_cpu))} CPU/event (runs {', '.join(micros(v) for v in off_cpu)})",
                 [off / on for on, off in zip(on_cpu, off_cpu, strict=True)],
@@ -119,10 +117,6 @@ def bench_metrics(run: Run) -> None:
         )
 
     run.step("7. worker throughput, metrics on vs off (real workers)", [rate, cpu], body)
-
-
-def _fill_rounds(row: Row, ours: str, baseline: str, ratios: list[float]) -> None:
-    row.ours, row.baseline, row.rounds, row.ratio = ours, baseline, list(ratios), median(ratios)
 
 
 def _rates(rates: list[float]) -> str:

@@ -201,20 +201,17 @@ def bench_streams(run: Run, events: int, rounds: int) -> list[Row]:
         rate_read = median([t.per_second for t in read])
         consumers, cost, cpu_cost, cpu_read, in_process = rows
         cpu_on_message, cpu_off_message, cpu_ratios = runner_cpu(run, 20 if events < 1000 else 200, max(4, 2 * rounds))
-        _fill(
-            in_process,
+        in_process.fill_rounds(
             f"{micros(cpu_on_message)}/message",
             f"without: {micros(cpu_off_message)}/message",
             cpu_ratios,
         )
-        _fill(
-            consumers,
+        consumers.fill_rounds(
             f"{rate_read:,.0f}/s ({workers.CONCURRENCY} consumers, {per})",
             f"worker: {rate_off:,.0f}/s",
             [r.per_second / o.per_second for r, o in zip(read, off, strict=True)],
         )
-        _fill(
-            cost,
+        cost.fill_rounds(
             f"{rate_on:,.0f}/s ({per})",
             f"without: {rate_off:,.0f}/s",
             [a.per_second / b.per_second for a, b in zip(on, off, strict=True)],
@@ -223,14 +220,12 @@ def bench_streams(run: Run, events: int, rounds: int) -> list[Row]:
             cpu_off = median([t.cpu_per_event or 0 for t in off])
             cpu_on = median([t.cpu_per_event or 0 for t in on])
             cpu_consumed = median([t.cpu_per_event or 0 for t in read])
-            _fill(
-                cpu_cost,
+            cpu_cost.fill_rounds(
                 f"{micros(cpu_on)}/event",
                 f"without: {micros(cpu_off)}/event",
                 [(a.cpu_per_event or 0) / (b.cpu_per_event or 1) for a, b in zip(on, off, strict=True)],
             )
-            _fill(
-                cpu_read,
+            cpu_read.fill_rounds(
                 f"{micros(cpu_consumed)}/event",
                 f"worker: {micros(cpu_off)}/event",
                 [(r.cpu_per_event or 0) / (o.cpu_per_event or 1) for r, o in zip(read, off, strict=True)],
@@ -258,11 +253,6 @@ def bench_streams(run: Run, events: int, rounds: int) -> list[Row]:
 
 def _row(id: str, what: str, target: Target | None = None) -> Row:
     return Row(id, what, "", "", None, target)
-
-
-def _fill(row: Row, ours: str, baseline: str, ratios: list[float]) -> None:
-    """The row's ratio is the median of its rounds' ratios; its spread, their range."""
-    row.ours, row.baseline, row.rounds, row.ratio = ours, baseline, list(ratios), statistics.median(ratios)
 
 
 def _cleanup(run: Run) -> None:

@@ -142,11 +142,6 @@ def _fill(row: Row, ours: str, baseline: str, ratio: float) -> None:
     row.ours, row.baseline, row.ratio = ours, baseline, ratio
 
 
-def _fill_rounds(row: Row, ours: str, baseline: str, ratios: list[float]) -> None:
-    """A row measured in rounds: its ratio is their median, its spread their range."""
-    row.ours, row.baseline, row.rounds, row.ratio = ours, baseline, list(ratios), median(ratios)
-
-
 # -- the benchmarks ---------------------------------------------------------------------------------
 
 
@@ -164,7 +159,7 @@ def bench_log_call(run: Run) -> dict[str, float]:
         for row, pct in ((p50, 50), (p99, 99)):
             ours, base = percentile(times.log, pct), percentile(times.delay, pct)
             ratios = [percentile(log, pct) / percentile(delay, pct) for log, delay in times.rounds]
-            _fill_rounds(row, micros(ours), f"raw `delay()` p{pct}: {micros(base)}", ratios)
+            row.fill_rounds(micros(ours), f"raw `delay()` p{pct}: {micros(base)}", ratios)
             figures[f"delay_p{pct}"] = base
 
     def levels() -> None:
@@ -172,12 +167,12 @@ def bench_log_call(run: Run) -> dict[str, float]:
         times = inprocess.log_vs_delay(app, samples, run.sizes.log_requests, run.sizes.rounds)
         ours, base = percentile(times.log, 50), percentile(times.delay, 50)
         ratios = [percentile(log, 50) / percentile(delay, 50) for log, delay in times.rounds]
-        _fill_rounds(memory, micros(ours), f"raw `delay()` p50: {micros(base)}", ratios)
+        memory.fill_rounds(micros(ours), f"raw `delay()` p50: {micros(base)}", ratios)
         app, _ = inprocess.timed_app(**run.config("machine", EVENTLIB_DURABILITY="machine"))
         synced_times = inprocess.log_outside_request(app, run.sizes.log_requests)
         synced = percentile(synced_times, 50)
         ratios = [percentile(part, 50) / base for part in chunks(synced_times, run.sizes.rounds)]
-        _fill_rounds(machine, micros(synced), f"raw `delay()` p50: {micros(base)}", ratios)
+        machine.fill_rounds(micros(synced), f"raw `delay()` p50: {micros(base)}", ratios)
 
     run.step("1. log() in a request vs raw delay()", [p50, p99], body)
     run.step("1. log() at the other durability levels", [memory, machine], levels)
@@ -203,14 +198,12 @@ def bench_request(run: Run) -> None:
         raw = percentile(times["/delay/10"], 50)
         # A round: a block of each kind, one after the other (response_times alternates them).
         parts = {path: chunks(found, blocks) for path, found in times.items()}
-        _fill_rounds(
-            response,
+        response.fill_rounds(
             micros(ours),
             f"logging none: {micros(none)}",
             [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/log/10"], parts["/log/0"], strict=True)],
         )
-        _fill_rounds(
-            delays,
+        delays.fill_rounds(
             micros(raw),
             f"logging none: {micros(none)}",
             [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/delay/10"], parts["/log/0"], strict=True)],
@@ -227,7 +220,7 @@ def bench_request(run: Run) -> None:
             percentile(a, 50) / percentile(b, 50)
             for a, b in zip(chunks(measured.log_and_publish, rounds), chunks(measured.delay, rounds), strict=True)
         ]
-        _fill_rounds(work, micros(ours), f"10 raw `delay()`: {micros(raw)}", ratios)
+        work.fill_rounds(micros(ours), f"10 raw `delay()`: {micros(raw)}", ratios)
         run.report.notes.append(
             f"2c runs in one process (WSGI calls, no sockets): the request logging 10 events took "
             f"{micros(ours)} at p50 including the wait for its message to be published (`flush()`); the "
@@ -267,7 +260,7 @@ def bench_worker(run: Run) -> None:
             per_second = median([m.per_second for m in measured])
             per_message = measured[0].events // max(1, measured[0].messages)
             ours_text = f"{per_second:,.0f}/s ({measured[0].events} events, {per_message} per message)"
-            _fill_rounds(row, ours_text, base, [m.per_second / r for m, r in zip(measured, raws, strict=True)])
+            row.fill_rounds(ours_text, base, [m.per_second / r for m, r in zip(measured, raws, strict=True)])
         run.report.notes.append(
             f"3: `celery worker --pool=prefork --concurrency={workers.CONCURRENCY}` on both sides, the queue "
             "filled first, timed from the first handler run to the last; each handler and each raw task does "
@@ -303,8 +296,7 @@ def bench_ingest(run: Run) -> None:
             bare, ingest = compared.total(compared.bare), compared.total(compared.ingest)
             if ingest.failed or bare.failed:
                 raise BenchError(f"{ingest.failed} ingest and {bare.failed} bare requests failed ({name})")
-            _fill_rounds(
-                row,
+            row.fill_rounds(
                 f"{ingest.per_second:,.0f} req/s{_cpu(ingest)}",
                 f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
                 compared.ratios,
@@ -355,7 +347,7 @@ def bench_broker_down(run: Run, delay: dict[str, float]) -> None:
         for row, pct in ((p50, 50), (p99, 99)):
             ours, base = percentile(result["log"], pct), delay[f"delay_p{pct}"]
             ratios = [percentile(part, pct) / base for part in chunks(result["log"], run.sizes.rounds)]
-            _fill_rounds(row, micros(ours), f"raw `delay()` p{pct}, broker up: {micros(base)}", ratios)
+            row.fill_rounds(micros(ours), f"raw `delay()` p{pct}, broker up: {micros(base)}", ratios)
         once = result["delay_down"]
         run.report.notes.append(
             f"6: a raw `delay()` against the same dead broker blocked {once['seconds']:.2f} s and raised "

@@ -531,8 +531,7 @@ class Figures:
                 counted = (bucket, HANDLED, result.event.name, result.handler)
             else:
                 counted = (bucket, FAILED, result.event.name, result.handler)
-            slot = int(math.log2(duration / DURATION_FLOOR) * BINS_PER_DOUBLING) if duration > DURATION_FLOOR else 0
-            timed = (bucket, DURATION, result.handler, slot if slot < MAX_BIN else MAX_BIN)
+            timed = (bucket, DURATION, result.handler, duration_bin(duration))
             counts[counted] = counts.get(counted, 0) + 1
             counts[timed] = counts.get(timed, 0) + 1
         with self._lock:

@@ -147,7 +147,7 @@ class Codec:
         entry = self._dumpers.get(kind)  # a registered type itself (a datetime): no walk of its MRO
         if entry is not None:
             return self._dump(value, entry)
-        if kind is dict or (isinstance(value, dict) and kind not in self._dumpers):
+        if kind is dict or isinstance(value, dict):  # a registered dict subclass went to its dumper above
             out = {}
             for key, item in value.items():
                 if type(key) is not str:
@@ -163,7 +163,7 @@ class Codec:
                     raise
                 out["$" + key if key[:1] == "$" else key] = encoded
             return out
-        if kind is list or (isinstance(value, list) and kind not in self._dumpers):
+        if kind is list or isinstance(value, list):
             out_list = []
             for index, item in enumerate(value):
                 try:

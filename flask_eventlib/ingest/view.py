@@ -198,12 +198,15 @@ def _body(req: Request, environ: dict[str, Any], limit: int) -> bytes:
     length = environ.get("CONTENT_LENGTH")
     if not length:
         return b""
-    plain = length.isdigit() and length.isascii() and int(length) <= limit
-    if not plain or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" or "stream" in req.__dict__:
+    size = int(length) if length.isdigit() and length.isascii() else -1
+    if (
+        not 0 <= size <= limit
+        or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+        or "stream" in req.__dict__
+    ):
         # The last: a hook of the app read the body already (request.stream is a cached property,
         # kept in the request's __dict__), so what it read is Werkzeug's to give again.
         return req.get_data(cache=True)
-    size = int(length)
     body = environ["wsgi.input"].read(size) if size else b""
     if len(body) < size:
         raise Refused(400, "invalid_request", f"The request body ended after {len(body)} of its {size} bytes.")

@@ -165,13 +165,16 @@ def test_a_dead_letter_is_opened_and_replayed_and_the_fixed_handler_runs(admin: 
     assert console.records.handlers_for(event_id) == ["AlwaysFails.fine", "AlwaysFails.broken"]
     assert event_id not in {d.event_id for d in state_of(console.app).store.dead_letters()}  # type: ignore[union-attr]
 
-    # The event's page tells the story: the worker's attempts, the last one a success.
+    # The event's page tells the story: the worker's attempts, the last one a success. The store's
+    # dedup mark says "succeeded" at once; the attempts' traces, which give the handled time, reach
+    # the console with each process's next batch of figures (about a second): wait for both.
     def told() -> bool:
         page.goto(f"{console.url}/eventlib/event?id={event_id}")
         outcome = page.locator('tr[data-handler="tests.sample.ops.events.AlwaysFails.broken"] [data-outcome]')
-        return outcome.count() == 1 and outcome.inner_text() == "succeeded"
+        succeeded = outcome.count() == 1 and outcome.inner_text() == "succeeded"
+        return succeeded and "UTC" in page.locator('[data-step="handled"]').inner_text()
 
-    wait_for(told, timeout=30, interval=0.5, what="the replayed handler's success on the event's page")
+    wait_for(told, timeout=30, interval=0.5, what="the replayed handler's success and its time on the event's page")
     expect(page.locator('[data-step="published"]')).to_contain_text("UTC")
     expect(page.locator('[data-step="handled"]')).to_contain_text("UTC")
 

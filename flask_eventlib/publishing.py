@@ -275,6 +275,14 @@ class Sender:
                 except Exception:
                     logger.exception("flask-eventlib: the sender's tick (the console's figures) failed")
             timeout = min(timeout or self.tick_interval, self.tick_interval)
+        if self.linger:
+            # Right after a message, the linger is slept out before the queue is looked at: the
+            # requests that end meanwhile do not wake the thread (each wake takes the GIL, and
+            # the CPU, from the requests); they all go in the next message. After a quiet spell
+            # the queue's first event still goes at once. A flush() cuts the wait short.
+            wait = self._last_send + self.linger - time.monotonic()
+            if wait > 0:
+                self._hurry.wait(wait)
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:

@@ -6,7 +6,7 @@ import base64
 import logging
 import os
 import socket
-import uuid
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +18,10 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from kombu import Queue  # type: ignore[attr-defined]
 from kombu.transport import TRANSPORT_ALIASES
 
+from . import resp
 from .config import mask_url
 from .exceptions import ConfigurationError
+from .ids import new_event_id
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -272,14 +274,18 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
 
 def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[list[str]], None] | None:
     """On a plain Redis broker, a ``send`` that writes the task message itself: one LPUSH on a
-    kept client, or ``None`` where kombu must do it (a failover list, TLS, a key prefix, other
+    kept connection, or ``None`` where kombu must do it (a failover list, TLS, a key prefix, other
     transport options this path does not know).
 
     Why: kombu's Redis transport builds a new ``redis.Redis`` client for every publish (about
     half of its ~800 us of CPU per message here) and reads the exchange's bindings from Redis
-    first; the sender's thread shares the GIL with the requests, so that CPU lands in them. The
-    message is the one Celery and kombu would write (Celery's own ``as_task_v2`` builds the task
-    headers and body; kombu's Redis envelope around them), so any Celery worker consumes it.
+    first; the sender's thread shares the GIL and the CPU with the requests, so what it spends
+    lands in them. The message is the one Celery and kombu would write (Celery's own
+    ``as_task_v2`` builds the task headers and body; kombu's Redis envelope around them), so any
+    Celery worker consumes it. The command is packed here and written in one ``sendall`` on a
+    connection kept between messages (redis-py's ``lpush`` takes it from the pool and checks it
+    each time, packs through several layers and writes a large value in three); its ids come from
+    the event ids' pool, not ``uuid4()``, which reads the OS's randomness twice a message.
     """
     url = celery.conf.broker_url
     if not isinstance(url, str) or ";" in url or not url.startswith(("redis://", "unix://")):
@@ -293,54 +299,92 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
     options.setdefault("socket_timeout", timeout)
     options.setdefault("socket_connect_timeout", timeout)
     kept: dict[str, Any] = {}
+    command = b"*3\r\n" + resp.bulk("LPUSH") + resp.bulk(queue)  # the value follows
 
-    def send(messages: list[str]) -> None:
+    def connection() -> Any:
         if kept.get("pid") != os.getpid():
-            # A forked child gets a client and an origin of its own.
+            # A forked child gets a client, a connection and an origin of its own.
             kept.clear()
             kept.update(
                 pid=os.getpid(),
                 client=redis.Redis.from_url(url, retry=None, **options),
                 origin=f"gen{os.getpid()}@{socket.gethostname()}",
             )
-        task_id = str(uuid.uuid4())
-        task = celery.amqp.as_task_v2(
-            task_id,
-            TASK_NAME,
-            args=(messages,),
-            kwargs={},
-            reply_to=celery.oid,
-            origin=kept["origin"],
-            # Celery would otherwise build a repr of every event for its logs (~80 us a message).
-            argsrepr=f"<{len(messages)} events>",
-            kwargsrepr="{}",
-            ignore_result=None,  # as send_task passes it: the app's task_ignore_result decides
-        )
-        body = base64.b64encode(orjson.dumps(task.body)).decode()
-        envelope = {
-            "body": body,
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": task.headers,
-            "properties": {
-                **task.properties,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
+        conn = kept.get("conn")
+        now = time.monotonic()
+        if conn is not None and now - kept["used"] > _IDLE_CHECK and not _usable(conn):
+            _drop(kept)  # the server closed it while it sat idle (a restart, its idle timeout)
+            conn = None
+        if conn is None:
+            conn = kept["conn"] = kept["client"].connection_pool.get_connection()
+        kept["used"] = now
+        return conn
+
+    def send(messages: list[str]) -> None:
+        conn = None
         try:
-            kept["client"].lpush(queue, orjson.dumps(envelope))
+            conn = connection()
+            task_id = new_event_id()
+            task = celery.amqp.as_task_v2(
+                task_id,
+                TASK_NAME,
+                args=(messages,),
+                kwargs={},
+                reply_to=celery.oid,
+                origin=kept["origin"],
+                # Celery would otherwise build a repr of every event for its logs (~80 us a message).
+                argsrepr=f"<{len(messages)} events>",
+                kwargsrepr="{}",
+                ignore_result=None,  # as send_task passes it: the app's task_ignore_result decides
+            )
+            body = base64.b64encode(orjson.dumps(task.body)).decode()
+            envelope = {
+                "body": body,
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": task.headers,
+                "properties": {
+                    **task.properties,
+                    "delivery_mode": 2,
+                    "delivery_info": {"exchange": "", "routing_key": queue},
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": new_event_id(),
+                },
+            }
+            conn.send_packed_command([command + resp.bulk(orjson.dumps(envelope))], check_health=False)
+            conn.read_response()
         except Exception:
-            client = kept.pop("client", None)
-            kept.clear()
-            if client is not None:
-                client.close()
+            if conn is not None:
+                _drop(kept)
             raise
 
     return send
+
+
+def _usable(conn: Any) -> bool:
+    """Whether a kept connection that sat idle still works: nothing to read (readable means the
+    server closed it, or sent what nobody asked for), as redis-py's pool checks it."""
+    try:
+        return not conn.can_read()
+    except Exception:  # redis-py raises its ConnectionError for a closed one
+        return False
+
+
+def _drop(kept: dict[str, Any]) -> None:
+    """Close the direct send's kept connection; the next message opens another."""
+    conn = kept.pop("conn", None)
+    if conn is None:
+        return
+    try:
+        conn.disconnect()
+        kept["client"].connection_pool.release(conn)
+    except Exception:
+        logger.debug("Closing a failed broker connection raised", exc_info=True)
+
+
+#: Seconds a kept broker connection may sit unused before a message checks it first.
+_IDLE_CHECK = 1.0
 
 
 #: Transport options that change nothing in what the direct Redis path writes, or that it applies.

@@ -124,6 +124,49 @@ def test_on_redis_a_message_is_one_lpush_in_the_form_celery_and_kombu_write(redi
     assert direct["headers"]["origin"].startswith(f"gen{os.getpid()}@")
 
 
+def _lpush_connections(client: redis.Redis) -> set[str]:
+    """The ids of the connections whose last command was an LPUSH (the direct send's, and any
+    other sender's in this process)."""
+    return {entry["id"] for entry in client.client_list() if entry.get("cmd") == "lpush"}
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["idle-and-checked", "failing-then-replaced"])
+def test_the_direct_send_keeps_its_connection_and_replaces_one_the_server_closed(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, checked: bool
+) -> None:
+    """One connection serves message after message; one the server closed (a restart, its idle
+    timeout) is found closed before the next message when it sat idle (``checked``), or fails
+    that message, which the sender then spools, and the next message gets a new connection."""
+    from flask_eventlib import tasks
+    from flask_eventlib.tasks import create_celery, make_send
+
+    queue = f"eventlib-test-direct-{uuid.uuid4().hex[:8]}"
+    celery = create_celery("direct", broker_url=REDIS_URL, queue=queue, settings={})
+    # 0: every message checks its connection first; a day: none does within this test.
+    monkeypatch.setattr(tasks, "_IDLE_CHECK", 0.0 if checked else 86400.0)
+    send = make_send(celery, queue)
+    before = _lpush_connections(redis_client)
+    try:
+        send(["a"])
+        send(["b"])
+        (kept,) = _lpush_connections(redis_client) - before  # both messages on one kept connection
+        redis_client.client_kill_filter(_id=kept)
+        if checked:
+            send(["c"])
+        else:
+            with pytest.raises(redis.ConnectionError):
+                send(["lost to the closed connection"])
+            send(["c"])
+        batches = [
+            json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
+            for raw in reversed(redis_client.lrange(queue, 0, -1))
+        ]
+        assert batches == [["a"], ["b"], ["c"]]
+    finally:
+        redis_client.delete(queue)
+        celery.close()
+
+
 @pytest.mark.parametrize(("send_on_failure", "expected"), [(True, [400, 0]), (False, [])])
 def test_failed_requests_send_their_events_unless_configured_otherwise(
     records: Records, tmp_path: Path, redis_client: redis.Redis, send_on_failure: bool, expected: list[int]

@@ -209,7 +209,14 @@ class EventLib:
         else:
             strategy = hooks.then
         publisher = Router(strategy)
-        dispatcher = Dispatcher(registry, self.codec, publisher, signal_sender=app, trace=capture)
+        dispatcher = Dispatcher(
+            registry,
+            self.codec,
+            publisher,
+            signal_sender=app,
+            trace=capture,
+            counted=figures.logged_event if figures is not None else None,
+        )
 
         def run(messages: list[str]) -> None:
             with app.app_context():

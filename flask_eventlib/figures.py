@@ -1,8 +1,9 @@
 """The console's figures: what the events did, counted in time buckets, and each process's heartbeat.
 
-Each process of an app (a web process, a worker's child) keeps a :class:`Figures`: the blinker
-signals of :mod:`flask_eventlib.signals` feed it (events logged, handler runs with their
-durations, retries, dead letters), it adds them up in memory, and about once a second the
+Each process of an app (a web process, a worker's child) keeps a :class:`Figures`: ``log()``
+tells it of each event logged and the runner of each handler run with its duration (direct
+calls, on the paths every event takes), the blinker signals of :mod:`flask_eventlib.signals` of
+retries and dead letters; it adds them up in memory, and about once a second the
 background sender's thread writes what it gathered in one batch (:meth:`Figures.tick`): one round
 trip to Redis, one transaction in SQLite, never one per handler run.
 
@@ -468,7 +469,6 @@ class Figures:
         """Listen to ``app``'s signals, weakly: the receivers go with this object, which lives as
         long as the app's state (blinker would keep strong ones after the app is gone)."""
         for signal, receiver in (
-            (signals.event_logged, self._on_logged),
             (signals.handler_retried, self._on_retried),
             (signals.handler_dead_lettered, self._on_dead_lettered),
         ):
@@ -490,7 +490,8 @@ class Figures:
         else:
             self.dropped += n
 
-    def _on_logged(self, sender: Any, event: Any, **extra: Any) -> None:
+    def logged_event(self, event: Any) -> None:
+        """One event logged here (the dispatcher calls it for each: see ``Dispatcher.counted``)."""
         key = (int(self.clock() // BUCKET), LOGGED, event.name, "")
         with self._lock:
             self.logged += 1

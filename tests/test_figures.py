@@ -127,7 +127,7 @@ def test_handler_runs_are_counted_in_memory_and_written_in_one_batch() -> None:
     figures = gathered(sink, clock)
     for _ in range(500):
         e = event()
-        figures._on_logged(None, event=e)
+        figures.logged_event(e)
         ran(figures, e)
     ran(figures, event(), error=RuntimeError("boom"))
     assert sink.writes == 0  # nothing is written per handler run
@@ -176,7 +176,7 @@ def test_figures_older_than_the_retention_are_gone(sink: Sink, redis_client: red
     clock = Clock()
     figures = gathered(sink, clock)
     old = event()
-    figures._on_logged(None, event=old)
+    figures.logged_event(old)
     ran(figures, old)
     figures.flush()
     first = int(T0 // BUCKET)
@@ -376,7 +376,7 @@ def test_a_worker_beats_even_idle_a_web_process_once_it_logged_and_a_command_nev
     for figures in (web, worker, command):
         figures.flush()
     assert [b["role"] for b in sink.processes(clock.now)] == ["worker"]
-    web._on_logged(None, event=event())
+    web.logged_event(event())
     web.flush()
     clock.now += 1
     worker.flush()  # within BEAT_INTERVAL and nothing new: no write at all
@@ -461,7 +461,7 @@ def test_the_overview_adds_up_rates_totals_durations_and_processes(sink: Sink) -
     figures.worker_started()
     for n in range(60):
         e = event()
-        figures._on_logged(None, event=e)
+        figures.logged_event(e)
         ran(figures, e, duration=0.001 if n < 50 else 0.1)
         if n % 10 == 0:
             ran(figures, e, "shop.mail", error=RuntimeError("x"))

@@ -47,13 +47,14 @@ class Sizes:
     load_rounds: int  #: 4: alternations bare / ingest in those seconds
     down_requests: int  #: 6: requests of 10 log() calls with the broker down
     rounds: int = 5  #: 1, 2, 6: rounds whose ratios give each row's median and spread
+    http_blocks: int = 20  #: 2, time to response: blocks of requests of each kind, taking turns
     worker_rounds: int = 3  #: 3: rounds of (raw, dedup on, dedup off) workers
 
 
 FULL = Sizes(
     log_requests=2000,
     work_requests=1000,
-    http_requests=1000,
+    http_requests=2000,
     worker_events=10000,
     raw_events=3000,
     load_seconds=15,
@@ -70,6 +71,7 @@ QUICK = Sizes(
     load_rounds=2,
     down_requests=50,
     rounds=2,
+    http_blocks=4,
     worker_rounds=1,
 )
 #: Benchmarks by number, in the order they run.
@@ -188,7 +190,9 @@ def bench_request(run: Run) -> None:
     def timed() -> None:
         config = run.config("request")
         port = free_port()
-        blocks = 2 * run.sizes.rounds
+        # Blocks of 100 requests of each kind taking turns: 20 rounds, so the median holds when the
+        # machine drifts (a single round's ratio moved by +-20 % on the shared machine).
+        blocks = run.sizes.http_blocks
         with gunicorn(port, run.folder / "gunicorn-request.log", config, workers=2):
             times = serving.response_times(
                 port, ["/log/10", "/log/0", "/delay/10"], run.sizes.http_requests, rounds=blocks

@@ -87,6 +87,7 @@ class Sender:
         self._next_retry = 0.0
         self._next_recover = 0.0
         self._last_send = 0.0
+        self._backed_up = False  # the last message was full: events may be waiting for the next
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._fresh_state()
@@ -275,11 +276,12 @@ class Sender:
                 except Exception:
                     logger.exception("flask-eventlib: the sender's tick (the console's figures) failed")
             timeout = min(timeout or self.tick_interval, self.tick_interval)
-        if self.linger:
+        if self.linger and not self._backed_up:
             # Right after a message, the linger is slept out before the queue is looked at: the
             # requests that end meanwhile do not wake the thread (each wake takes the GIL, and
             # the CPU, from the requests); they all go in the next message. After a quiet spell
-            # the queue's first event still goes at once. A flush() cuts the wait short.
+            # the queue's first event still goes at once; after a full message (more waits) the
+            # next goes at once too. A flush() cuts the wait short.
             wait = self._last_send + self.linger - time.monotonic()
             if wait > 0:
                 self._hurry.wait(wait)
@@ -309,6 +311,7 @@ class Sender:
                 self._take_waiting(batch, tickets)
         self._hurry.clear()
         self._last_send = time.monotonic()
+        self._backed_up = len(batch) >= self.max_batch
         handled = 0
         self._held = False
         try:

@@ -324,6 +324,32 @@ def test_the_sender_sends_at_once_after_a_quiet_spell_and_joins_events_under_loa
     assert batches == [["a"], ["b", "c", "d"]]
 
 
+def test_after_a_full_message_the_sender_sends_the_next_at_once_not_after_the_linger() -> None:
+    """A backlog (more events waiting than a message holds) goes out message after message: the
+    linger only spaces out messages while the sender keeps up."""
+    batches: list[list[str]] = []
+    sending = threading.Event()
+    release = threading.Event()
+
+    def send(batch: list[str]) -> None:
+        sending.set()
+        assert release.wait(5)
+        batches.append(batch)
+
+    sender = Sender(send, max_batch=2, linger=5.0)
+    sender.submit(["a", "b"])  # a full message, held in send() while more events queue up
+    assert sending.wait(2)
+    sender.submit(["c", "d"])
+    sender.submit(["e", "f"])
+    sender.submit(["g"])
+    release.set()
+    # Without a flush and well within the 5 s linger: each full message let the next go at once.
+    wait_for(lambda: len(batches) == 3, timeout=2, what="the backlog, message after message")
+    assert batches == [["a", "b"], ["c", "d"], ["e", "f"]]  # "g", a part of one, waits out the linger
+    assert sender.flush(2)
+    assert batches == [["a", "b"], ["c", "d"], ["e", "f"], ["g"]]
+
+
 def test_a_redis_that_stops_answering_sends_events_to_the_spool_not_into_a_hang(
     tmp_path: Path, records: Records
 ) -> None:

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import signals
+from .forks import this_process
 
 __all__ = ["LocalLog", "Segment", "Ticket"]
 
@@ -177,7 +178,7 @@ class LocalLog:
         """
         data = (messages[0] + "\n" if len(messages) == 1 else "\n".join(messages) + "\n").encode()
         with self._lock:
-            if self._pid != _this_process[0]:
+            if self._pid != this_process[0]:  # checked on every event: no os.getpid() call
                 self._forked()
             segment = self._segments[-1] if self._segments else None
             start = 0 if segment is None else segment.size
@@ -500,13 +501,7 @@ def _sync_folder(folder: str) -> None:
 _logs: weakref.WeakSet[LocalLog] = weakref.WeakSet()
 
 
-#: This process's id, kept by the fork hook: ``append`` checks it on every event, and
-#: ``os.getpid()`` is a system call (glibc no longer caches it).
-_this_process = [os.getpid()]
-
-
 def _after_fork_in_child() -> None:
-    _this_process[0] = os.getpid()
     for log in list(_logs):
         log._lock = threading.RLock()  # a lock held by a parent's thread at the fork is never released here
         with log._lock:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import signals
+from .forks import this_process
 from .locallog import LocalLog, Ticket
 from .spool import Send, Spool, SpoolError, SpoolFull
 
@@ -217,7 +218,7 @@ class Sender:
         return Waiting(queued, len(self._backlog), spooled, logged, oldest)
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None and self._pid == this_process[0]:  # on every hand-over: no os.getpid() call
             return
         with self._lock:
             if self._pid != os.getpid():

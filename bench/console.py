@@ -23,7 +23,7 @@ from flask_eventlib import state
 
 from . import workers
 from .app import create_app, payload
-from .measure import Row, Target, micros
+from .measure import Row, Target
 from .procs import BenchError
 
 #: Rounds of (off, on) in a full run; a quick run makes one.
@@ -61,16 +61,7 @@ def bench_console(run: Any) -> None:
             f"figures off: {statistics.median(off):,.0f}/s",
             ratios,
         )
-        on_cpu = [value for value in spent[True] if value is not None]
-        off_cpu = [value for value in spent[False] if value is not None]
-        if on_cpu and len(on_cpu) == len(off_cpu) == rounds:
-            worker_cpu.fill_rounds(
-                f"{micros(statistics.median(on_cpu))} CPU/event (median of {rounds} runs)",
-                f"figures off: {micros(statistics.median(off_cpu))} CPU/event",
-                [off / on for on, off in zip(on_cpu, off_cpu, strict=True)],
-            )
-        else:
-            worker_cpu.missing = "n/a (no /proc)"
+        workers.fill_cpu_row(worker_cpu, spent[True], spent[False], "figures off", lambda _: f"median of {rounds} runs")
         run.report.notes.append(
             f"9a: {rounds} rounds of the same worker as 3a (prefork, {workers.CONCURRENCY} children, the queue filled "
             "first), `EVENTLIB_CONSOLE_FIGURES` off then on (the order alternating); the ratio is the median of the "

@@ -98,16 +98,11 @@ def bench_metrics(run: Run) -> None:
             [on / off for on, off in zip(rates[True], rates[False], strict=True)],
         )
         spent = {side: [found.cpu_per_event for found in measured[side]] for side in measured}
-        if all(value is not None for values in spent.values() for value in values):
-            on_cpu = [value for value in spent[True] if value is not None]
-            off_cpu = [value for value in spent[False] if value is not None]
-            cpu.fill_rounds(
-                f"{micros(median(on_cpu))} CPU/event (runs {', '.join(micros(v) for v in on_cpu)})",
-                f"metrics off: {micros(median(off_cpu))} CPU/event (runs {', '.join(micros(v) for v in off_cpu)})",
-                [off / on for on, off in zip(on_cpu, off_cpu, strict=True)],
-            )
-        else:
-            cpu.missing = "n/a (no /proc)"
+
+        def runs(values: list[float]) -> str:
+            return "runs " + ", ".join(micros(value) for value in values)
+
+        workers.fill_cpu_row(cpu, spent[True], spent[False], "metrics off", runs, runs)
         run.report.notes.append(
             f"7: benchmark 3's worker (prefork, {CONCURRENCY} children, dedup on), {rounds} rounds of one run "
             f"with metrics off and one with them on (the order alternating), {run.sizes.worker_events} events "

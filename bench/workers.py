@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import redis
 
 from .app import create_app
 from .inprocess import preload_events, preload_raw
+from .measure import Row, median, micros
 from .procs import celery_worker, cpu_seconds, wait_for
 
 #: Prefork children of every worker, the same on both sides.
@@ -80,3 +82,30 @@ def throughput(
     elif spent is not None:  # all done before the first look (a tiny --quick run): start-up included
         cpu = spent / events
     return Throughput(events, float(last or 0) - float(first or 0), messages, cpu)
+
+
+def fill_cpu_row(
+    row: Row,
+    on: Sequence[float | None],
+    off: Sequence[float | None],
+    off_name: str,
+    detail: Callable[[list[float]], str],
+    detail_off: Callable[[list[float]], str] | None = None,
+) -> None:
+    """A row of the worker's CPU time per event, ``on`` against ``off`` (each run's
+    :attr:`Throughput.cpu_per_event`, the runs of a round at the same index): a round's ratio is
+    off / on (less CPU is better); ``n/a`` when a run has no figure (no ``/proc``).
+
+    :param detail: what follows ``on``'s median, in brackets; ``detail_off`` the same for ``off``.
+    """
+    if not on or len(on) != len(off) or any(value is None for value in (*on, *off)):
+        row.missing = "n/a (no /proc)"
+        return
+    on_cpu = [value for value in on if value is not None]
+    off_cpu = [value for value in off if value is not None]
+    after_off = f" ({detail_off(off_cpu)})" if detail_off is not None else ""
+    row.fill_rounds(
+        f"{micros(median(on_cpu))} CPU/event ({detail(on_cpu)})",
+        f"{off_name}: {micros(median(off_cpu))} CPU/event{after_off}",
+        [b / a for a, b in zip(on_cpu, off_cpu, strict=True)],
+    )

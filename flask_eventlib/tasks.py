@@ -299,7 +299,6 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
     options.setdefault("socket_timeout", timeout)
     options.setdefault("socket_connect_timeout", timeout)
     kept: dict[str, Any] = {}
-    command = b"*3\r\n" + resp.bulk("LPUSH") + resp.bulk(queue)  # the value follows
 
     def connection() -> Any:
         if kept.get("pid") != os.getpid():
@@ -321,7 +320,6 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
         return conn
 
     def send(messages: list[str]) -> None:
-        conn = None
         try:
             conn = connection()
             task_id = new_event_id()
@@ -352,11 +350,10 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
                     "delivery_tag": new_event_id(),
                 },
             }
-            conn.send_packed_command([command + resp.bulk(orjson.dumps(envelope))], check_health=False)
+            conn.send_packed_command([resp.pack("LPUSH", queue, orjson.dumps(envelope))], check_health=False)
             conn.read_response()
         except Exception:
-            if conn is not None:
-                _drop(kept)
+            _drop(kept)  # nothing to drop when no connection could be made
             raise
 
     return send

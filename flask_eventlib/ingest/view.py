@@ -83,8 +83,7 @@ def _limit_body_size(endpoint: str | None, values: dict[str, Any] | None) -> Non
     limit = _core(current_app._get_current_object())[1].max_content_length  # type: ignore[attr-defined]
     req.max_content_length = limit
     environ = req.environ
-    chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
-    if (chunked or environ.get("CONTENT_LENGTH") is None) and environ.get("wsgi.input_terminated"):
+    if (_chunked(environ) or environ.get("CONTENT_LENGTH") is None) and environ.get("wsgi.input_terminated"):
         # A body without a length (chunked, which also overrides a Content-Length): Werkzeug
         # would cut it at the limit and go on with what it read. Read one byte past the limit
         # instead, refuse the body if it is there, and hand Werkzeug the body with its length.
@@ -189,6 +188,11 @@ def _mimetype(content_type: str | None) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
+def _chunked(environ: dict[str, Any]) -> bool:
+    """Whether the body comes chunked (which overrides any ``Content-Length``)."""
+    return bool(environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked")
+
+
 def _body(req: Request, environ: dict[str, Any], limit: int) -> bytes:
     """The body of a request with a plain ``Content-Length`` within ``limit``, read straight from
     the server's stream, which a WSGI server ends at that length (Werkzeug's wrapped stream cost
@@ -199,11 +203,7 @@ def _body(req: Request, environ: dict[str, Any], limit: int) -> bytes:
     if not length:
         return b""
     size = int(length) if length.isdigit() and length.isascii() else -1
-    if (
-        not 0 <= size <= limit
-        or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
-        or "stream" in req.__dict__
-    ):
+    if not 0 <= size <= limit or _chunked(environ) or "stream" in req.__dict__:
         # The last: a hook of the app read the body already (request.stream is a cached property,
         # kept in the request's __dict__), so what it read is Werkzeug's to give again.
         return req.get_data(cache=True)

@@ -159,6 +159,9 @@ class LocalLog:
         self._sync_lock = threading.Lock()
         self._recover_lock = threading.Lock()
         self._segments: list[Segment] = []  # owned, oldest first; the last takes the appends
+        #: The last segment while it takes appends the quick way (``None``: the next append
+        #: goes the slow way, which opens or checks one).
+        self._open: Segment | None = None
         self._recovering: dict[str, Segment] = {}
         self._bytes = 0
         self._failing_until = 0.0
@@ -178,34 +181,55 @@ class LocalLog:
         """
         data = (messages[0] + "\n" if len(messages) == 1 else "\n".join(messages) + "\n").encode()
         with self._lock:
-            if self._pid != this_process[0]:  # checked on every event: no os.getpid() call
-                self._forked()
-            segment = self._segments[-1] if self._segments else None
-            start = 0 if segment is None else segment.size
-            if segment is None or segment.sealed or start + len(data) > segment.capacity:
-                capacity = max(self.segment_bytes, _HEADER + len(data))
-                if self._bytes + capacity > self.max_bytes:
-                    full = f"the local log holds {self._bytes} bytes (max {self.max_bytes})"
-                    self._unprotected(messages, full)
-                    return None
-                segment = self._new_segment(capacity)
-                if segment is None:
-                    self._unprotected(messages, None)
-                    return None
+            # The common case in as few steps as it takes (it runs for every event, on caches
+            # the request left cold): room in the open segment, no fork since it was opened.
+            segment = self._open
+            if segment is not None and self._pid == this_process[0]:  # no os.getpid() call
                 start = segment.size
-            assert segment.map is not None
-            end = start + len(data)
-            segment.map[start:end] = data  # into the page cache: no system call
-            segment.size = end
-            if after is not None and after.segment is segment and after.end == start and not after.released:
-                after.end = end  # right behind the caller's previous append: that ticket grows
-                after.count += len(messages)
-                ticket = after
-            else:
-                ticket = Ticket(segment, start, end, len(messages))
-                segment.track(ticket)
+                end = start + len(data)
+                if end <= segment.capacity:
+                    segment.map[start:end] = data  # type: ignore[index]  # into the page cache: no system call
+                    segment.size = end
+                    if after is not None and after.end == start and after.segment is segment and not after.released:
+                        after.end = end  # right behind the caller's previous append: that ticket grows
+                        after.count += len(messages)
+                        return after
+                    ticket = Ticket(segment, start, end, len(messages))
+                    segment.track(ticket)
+                    return ticket
+            return self._append_slowly(messages, data, after)
+
+    def _append_slowly(self, messages: list[str], data: bytes, after: Ticket | None) -> Ticket | None:
+        """:meth:`append` after a fork, or where a new segment is needed, or while failing."""
+        if self._pid != this_process[0]:
+            self._forked()
+        segment = self._segments[-1] if self._segments else None
+        start = 0 if segment is None else segment.size
+        if segment is None or segment.sealed or start + len(data) > segment.capacity:
+            capacity = max(self.segment_bytes, _HEADER + len(data))
+            if self._bytes + capacity > self.max_bytes:
+                full = f"the local log holds {self._bytes} bytes (max {self.max_bytes})"
+                self._unprotected(messages, full)
+                return None
+            segment = self._new_segment(capacity)
+            if segment is None:
+                self._unprotected(messages, None)
+                return None
+            start = segment.size
+        assert segment.map is not None
+        end = start + len(data)
+        segment.map[start:end] = data
+        segment.size = end
+        if after is not None and after.segment is segment and after.end == start and not after.released:
+            after.end = end
+            after.count += len(messages)
+            ticket = after
+        else:
+            ticket = Ticket(segment, start, end, len(messages))
+            segment.track(ticket)
         if self._failing:
             self._works_again()
+        self._open = segment  # the next appends take the fast way, until it fills up
         return ticket
 
     def sync(self, ticket: Ticket | None) -> None:
@@ -284,6 +308,7 @@ class LocalLog:
     def close(self) -> None:
         """At exit: remove the segments whose events were all sent; leave the others for recovery."""
         with self._lock:
+            self._open = None
             for segment in [*self._segments, *self._recovering.values()]:
                 segment.sealed = True
                 segment.advance()
@@ -392,6 +417,7 @@ class LocalLog:
         now = time.monotonic()
         if now < self._failing_until:
             return None
+        self._open = None
         if self._segments:
             previous = self._segments[-1]
             previous.sealed = True
@@ -460,6 +486,7 @@ class LocalLog:
             self._fail(reason)
 
     def _fail(self, reason: str) -> None:
+        self._open = None  # the slow way says when it works again
         if not self._failing:
             self._failing = True
             logger.error(

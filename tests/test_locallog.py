@@ -204,6 +204,21 @@ def test_a_full_log_keeps_events_in_memory_and_says_so(tmp_path: Path, caplog: p
     assert log.append(events(1)) is not None
 
 
+def test_an_event_kept_after_a_failure_says_the_log_works_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One segment of 300 bytes and room for no second: a large event cannot be kept, a small one
+    # that fits the segment's rest can; that one says so, whichever way the append goes.
+    log = LocalLog(str(tmp_path), max_bytes=400, segment_bytes=300)
+    assert log.append(["x" * 200]) is not None
+    assert log.append(["y" * 100]) is None
+    assert "cannot keep events" in caplog.text and "keeps events again" not in caplog.text
+    ticket = log.append(["z" * 20])
+    assert ticket is not None and ticket.count == 1
+    assert "keeps events again" in caplog.text
+    assert log.unprotected == 1
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB filesystem (tmpfs), mounted for the test: a disk that fills up for real."""

@@ -71,11 +71,13 @@ def encode_fields(
 ) -> str:
     """:func:`encode` from the fields themselves: ``log()``'s path, which has them at hand and
     need not build an :class:`Envelope` for each event."""
+    # The flat dict of most events in one call; encode() for the rest, and to name what fails.
+    encoded = codec.encode_flat(data)
     document = {
         "v": FORMAT_VERSION,
         "id": id,
         "name": name,
-        "data": codec.encode(data, root=f"{name} data"),
+        "data": codec.encode(data, root=f"{name} data") if encoded is None else encoded,
         "context": codec.encode(context, root=f"{name} context") if context else {},
         # orjson writes an aware datetime as ISO 8601 itself, faster than isoformat().
         "logged_at": logged_at,

@@ -511,7 +511,11 @@ def log(name: str, data: dict[str, Any] | None = None) -> str:
     :raises ValidationError: when the event's ``clean()`` or schema refuses the data.
     :raises TypeError: when a value cannot be serialized (the message names the key).
     """
-    return state_of().dispatcher.log(name, data)
+    try:  # the current app's state in one look; state_of() explains what is missing
+        state: EventLibState = current_app._get_current_object().extensions[EXTENSION_KEY]  # type: ignore[attr-defined]
+    except (RuntimeError, KeyError):
+        state = state_of()
+    return state.dispatcher.log(name, data)
 
 
 def flush(timeout: float | None = 10.0) -> bool:

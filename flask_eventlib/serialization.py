@@ -85,11 +85,11 @@ class Codec:
 
         :raises SerializationError: (a ``TypeError``) naming where the unsupported value is.
         """
+        if isinstance(value, dict):
+            flat = self.encode_flat(value)
+            if flat is not None:
+                return flat
         try:
-            if type(value) is dict or (isinstance(value, dict) and type(value) not in self._dumpers):
-                flat = self._encode_flat(value)
-                if flat is not None:
-                    return flat
             return self._encode(value)
         except RecursionError:
             raise SerializationError(f"Cannot serialize {root}: it is nested too deeply") from None
@@ -102,10 +102,17 @@ class Codec:
             )
             raise SerializationError(f"Cannot serialize {where}: {reason}") from None
 
-    def _encode_flat(self, value: dict[Any, Any]) -> dict[str, Any] | None:
-        """The common case, a dict of JSON scalars under plain keys, is JSON already: one loop and
-        no copy (orjson writes a dict subclass as a dict). A value that is not a JSON scalar (a
-        datetime, a list) is encoded on its own, in a copy; ``None`` when a key needs the whole walk."""
+    def encode_flat(self, value: dict[Any, Any]) -> dict[str, Any] | None:
+        """A dict encoded in one loop over its top level, or ``None`` where it needs
+        :meth:`encode` (which names what it cannot encode).
+
+        The common case, plain keys and JSON scalars, is JSON already: the dict itself comes back,
+        not a copy (orjson writes a dict subclass as a dict). A value that is not a JSON scalar (a
+        datetime, a list) is encoded on its own, in a copy. ``None`` for a key that needs the whole
+        walk, a registered dict type, or a value that cannot be encoded.
+        """
+        if type(value) in self._dumpers:
+            return None
         out: dict[str, Any] | None = None
         for key, item in value.items():
             if type(key) is not str or key[:1] == "$":
@@ -119,9 +126,8 @@ class Codec:
                 out = dict(value)
             try:
                 out[key] = self._encode(item)
-            except _Unsupported as exc:
-                exc.path.append(f"[{key!r}]")
-                raise
+            except (_Unsupported, RecursionError):
+                return None  # encode() walks it again, to say where and why
         return value if out is None else out
 
     def _encode(self, value: Any) -> Any:

@@ -1,12 +1,23 @@
-"""Commands in Redis's protocol (RESP), packed by hand for the hot paths that write without
-waiting for the answer (the workers' dedup marks, the streams' XADDs).
+"""Commands in Redis's protocol (RESP), packed by hand, and the kept connection they go on, for
+the hot paths (the workers' claims and dedup marks, the sender's publish, the streams' XADDs).
 
 redis-py's own packing encodes each argument through several layers; for a command of twenty
 arguments that is most of a write's CPU time. Here an argument is ``bytes``, ``str`` (UTF-8) or
-``int``, packed in one pass.
+``int``, packed in one pass. And redis-py's pool takes and checks a connection for every command
+(a ``select()`` call, and in redis-py 8 counters of its own); :class:`KeptConnection` keeps one
+between commands and checks it only after it sat idle.
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .forks import this_process
+
+logger = logging.getLogger("flask_eventlib")
 
 
 def bulk(arg: bytes | str | int) -> bytes:
@@ -18,3 +29,62 @@ def bulk(arg: bytes | str | int) -> bytes:
 def pack(*args: bytes | str | int) -> bytes:
     """A command: ``*<count>``, then each argument."""
     return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
+
+
+class KeptConnection:
+    """A connection of a redis-py client's pool, kept between commands: one per thread, and a
+    forked child takes its own (the parent's stays the parent's, unclosed).
+
+    :param idle_check: seconds a connection may sit unused before :meth:`get` checks it first
+        (a server restart or its idle timeout closes it): one found closed is replaced.
+
+    A caller that sees a command fail calls :meth:`drop`, so the next command gets a new one.
+    """
+
+    def __init__(self, client: Any, idle_check: float = 1.0) -> None:
+        self.client = client
+        self.idle_check = idle_check
+        self._local = threading.local()
+
+    def get(self, *, check: bool = True) -> Any:
+        """This thread's connection, connected.
+
+        :param check: ``False`` while answers to commands sent on it are still to be read
+            (which would make it look closed, and be lost with it).
+        """
+        local = self._local
+        conn = getattr(local, "conn", None)
+        now = time.monotonic()
+        if conn is not None:
+            if local.pid != this_process[0]:
+                conn = local.conn = None
+            elif check and now - local.used > self.idle_check and not usable(conn):
+                self.drop()  # the server closed it while it sat idle
+                conn = None
+        if conn is None:
+            conn = self.client.connection_pool.get_connection()
+            local.conn, local.pid = conn, this_process[0]
+        local.used = now
+        return conn
+
+    def drop(self) -> None:
+        """Close this thread's connection (if it has one, of this process)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        local.conn = None
+        if conn is None or local.pid != this_process[0]:
+            return
+        try:
+            conn.disconnect()
+            self.client.connection_pool.release(conn)
+        except Exception:
+            logger.debug("Closing a failed Redis connection raised", exc_info=True)
+
+
+def usable(conn: Any) -> bool:
+    """Whether a kept connection that sat idle still works: nothing to read (readable means the
+    server closed it, or sent what nobody asked for), as redis-py's pool checks it."""
+    try:
+        return not conn.can_read()
+    except Exception:  # redis-py raises its ConnectionError for a closed one
+        return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from . import resp
 from .exceptions import ConfigurationError
+from .forks import this_process
 from .sqlite import SQLiteFile
 
 
@@ -354,7 +354,11 @@ class RedisStore(Store):
         self.prefix = prefix
         self._no_script = redis.exceptions.NoScriptError
         self._answer_error = redis.exceptions.ResponseError
-        #: Per thread: the connection holding writes sent without waiting, and those writes.
+        self._connection_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        #: This thread's connection: the scripts go on it, packed here (redis-py's pool checked a
+        #: connection, and its client packed each argument, for every call).
+        self._kept = resp.KeptConnection(self.client)
+        #: Per thread: the calls sent without waiting, whose answers are still to read.
         self._unread = threading.local()
 
     def begin(
@@ -446,12 +450,11 @@ class RedisStore(Store):
     def _send(self, script: str, keys: list[str], args: list[Any]) -> None:
         """Send a script's call without reading its answer: :meth:`_settle` reads it."""
         unread = self._unread
-        conn = getattr(unread, "conn", None)
-        if conn is None or unread.pid != os.getpid():
-            conn = unread.conn = self.client.connection_pool.get_connection()
-            unread.pid, unread.calls = os.getpid(), []
-        unread.calls.append((script, keys, args))
+        if getattr(unread, "pid", None) != this_process[0]:
+            unread.pid, unread.calls = this_process[0], []  # a forked child: the parent's answers are not its own
         try:
+            conn = self._kept.get(check=not unread.calls)  # not with answers still to read on it
+            unread.calls.append((script, keys, args))
             # Packed here: redis-py's packing was most of the CPU time of a mark's write.
             conn.send_packed_command([resp.pack("EVALSHA", _SHAS[script], len(keys), *keys, *args)], check_health=False)
         except BaseException:
@@ -462,15 +465,16 @@ class RedisStore(Store):
         """Read the answers to this thread's calls sent without waiting; run again those the
         server could not (a script it did not have: they are idempotent), raise other errors."""
         unread = self._unread
-        conn = getattr(unread, "conn", None)
-        if conn is None:
+        calls = getattr(unread, "calls", None)
+        if not calls:
             return
-        calls, unread.conn, unread.calls = unread.calls, None, []
-        if unread.pid != os.getpid():
-            return  # a forked child: the connection is its parent's
+        unread.calls = []
+        if unread.pid != this_process[0]:
+            return  # a forked child: the calls were its parent's
         again: list[tuple[str, list[str], list[Any]]] = []
         failure: Exception | None = None
         try:
+            conn = self._kept.get(check=False)  # the answers are on it
             for call in calls:
                 try:
                     conn.read_response()
@@ -478,8 +482,9 @@ class RedisStore(Store):
                     again.append(call)
                 except self._answer_error as exc:  # an error answer; the others are still to read
                     failure = failure or exc
-        finally:
-            self.client.connection_pool.release(conn)
+        except BaseException:
+            self._kept.drop()  # answers may be left unread on it
+            raise
         for script, keys, args in again:
             self._run(script, keys, args)
         if failure is not None:
@@ -488,12 +493,26 @@ class RedisStore(Store):
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script by its digest, loading it first where the server does not have it yet."""
         self._settle()
-        sha = _SHAS[script]
+        command = resp.pack("EVALSHA", _SHAS[script], len(keys), *keys, *args)
         try:
-            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return self._call(command)
         except self._no_script:
-            self.client.execute_command("SCRIPT LOAD", script)
-            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            self._call(resp.pack("SCRIPT", "LOAD", script))
+            return self._call(command)
+
+    def _call(self, command: bytes) -> Any:
+        """One packed command on the kept connection, and its answer; once more on a new
+        connection when that one failed (a server restart), as redis-py's client retries."""
+        for attempt in (1, 2):
+            conn = self._kept.get()
+            try:
+                conn.send_packed_command([command], check_health=False)
+                return conn.read_response()
+            except self._connection_errors:
+                self._kept.drop()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def completed(self, event_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = list(event_ids)
@@ -529,6 +548,7 @@ class RedisStore(Store):
         return int(self.client.hdel(f"{self.prefix}dead", *ids)) if ids else 0
 
     def close(self) -> None:
+        self._kept.drop()
         self.client.close()
 
 

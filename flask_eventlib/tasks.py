@@ -6,7 +6,6 @@ import base64
 import logging
 import os
 import socket
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from . import resp
 from .config import mask_url
 from .exceptions import ConfigurationError
+from .forks import this_process
 from .ids import new_event_id
 
 logger = logging.getLogger("flask_eventlib")
@@ -298,30 +298,15 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
     options.pop("visibility_timeout", None)  # the workers' setting, not the client's
     options.setdefault("socket_timeout", timeout)
     options.setdefault("socket_connect_timeout", timeout)
-    kept: dict[str, Any] = {}
-
-    def connection() -> Any:
-        if kept.get("pid") != os.getpid():
-            # A forked child gets a client, a connection and an origin of its own.
-            kept.clear()
-            kept.update(
-                pid=os.getpid(),
-                client=redis.Redis.from_url(url, retry=None, **options),
-                origin=f"gen{os.getpid()}@{socket.gethostname()}",
-            )
-        conn = kept.get("conn")
-        now = time.monotonic()
-        if conn is not None and now - kept["used"] > _IDLE_CHECK and not _usable(conn):
-            _drop(kept)  # the server closed it while it sat idle (a restart, its idle timeout)
-            conn = None
-        if conn is None:
-            conn = kept["conn"] = kept["client"].connection_pool.get_connection()
-        kept["used"] = now
-        return conn
+    client = redis.Redis.from_url(url, retry=None, **options)
+    kept = resp.KeptConnection(client, idle_check=_IDLE_CHECK)
+    origins: dict[int, str] = {}  # a forked child's tasks name it as their origin
 
     def send(messages: list[str]) -> None:
         try:
-            conn = connection()
+            conn = kept.get()
+            pid = this_process[0]
+            origin = origins.get(pid) or origins.setdefault(pid, f"gen{pid}@{socket.gethostname()}")
             task_id = new_event_id()
             task = celery.amqp.as_task_v2(
                 task_id,
@@ -329,7 +314,7 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
                 args=(messages,),
                 kwargs={},
                 reply_to=celery.oid,
-                origin=kept["origin"],
+                origin=origin,
                 # Celery would otherwise build a repr of every event for its logs (~80 us a message).
                 argsrepr=f"<{len(messages)} events>",
                 kwargsrepr="{}",
@@ -353,31 +338,10 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
             conn.send_packed_command([resp.pack("LPUSH", queue, orjson.dumps(envelope))], check_health=False)
             conn.read_response()
         except Exception:
-            _drop(kept)  # nothing to drop when no connection could be made
+            kept.drop()  # nothing to drop when no connection could be made
             raise
 
     return send
-
-
-def _usable(conn: Any) -> bool:
-    """Whether a kept connection that sat idle still works: nothing to read (readable means the
-    server closed it, or sent what nobody asked for), as redis-py's pool checks it."""
-    try:
-        return not conn.can_read()
-    except Exception:  # redis-py raises its ConnectionError for a closed one
-        return False
-
-
-def _drop(kept: dict[str, Any]) -> None:
-    """Close the direct send's kept connection; the next message opens another."""
-    conn = kept.pop("conn", None)
-    if conn is None:
-        return
-    try:
-        conn.disconnect()
-        kept["client"].connection_pool.release(conn)
-    except Exception:
-        logger.debug("Closing a failed broker connection raised", exc_info=True)
 
 
 #: Seconds a kept broker connection may sit unused before a message checks it first.

@@ -201,3 +201,52 @@ def test_resp_packs_what_redis_reads(redis_client: redis.Redis) -> None:
         redis_client.connection_pool.release(conn)
     assert redis_client.get(key) == "é\r\n".encode()
     redis_client.delete(key)
+
+
+def _script_connections(client: redis.Redis, name: str) -> set[str]:
+    """The ids of the connections named ``name`` (the store's own: ``CLIENT SETNAME``)."""
+    return {entry["id"] for entry in client.client_list() if entry.get("name") == name}
+
+
+@pytest.mark.parametrize("idle", [True, False], ids=["idle-and-checked", "failing-then-replaced"])
+def test_the_redis_store_keeps_one_connection_and_replaces_one_the_server_closed(
+    redis_client: redis.Redis, idle: bool
+) -> None:
+    """Its scripts, those it waits for and those it sends without waiting, go on one kept
+    connection; one the server closed (a restart, its idle timeout) is found closed before the
+    next call when it sat idle, or fails that call, which runs again on a new connection."""
+    prefix = f"eventlib-test:store:{uuid.uuid4().hex}:"
+    name = f"kept-{uuid.uuid4().hex[:8]}"
+    store = store_from_url(f"{REDIS_URL}?prefix={prefix}&client_name={name}")
+    assert isinstance(store, RedisStore)
+    store._kept.idle_check = 0.0 if idle else 86400.0  # 0: every call checks first; a day: none does here
+    try:
+        store.begin([("e1", "h")], 60)
+        store.finish([("e1", "h")], {"e1": ["h"]}, 60, wait=False)  # its answer is read by the next call
+        assert store.begin([("e2", "h")], 60, done=["e1"]).done == {"e1": {"h"}}
+        (kept,) = _script_connections(redis_client, name)  # every call so far on one connection
+        redis_client.client_kill_filter(_id=kept)
+        # A write sent without waiting: after an idle spell it goes on a new connection; right
+        # after the last call it goes on the closed one, and the next call says so.
+        store.finish([("e2", "h")], {"e2": ["h"]}, 60, wait=False)
+        if idle:
+            # The next write's connection is not checked while the answer to the last is unread
+            # on it (that answer would make it look closed, and go with it).
+            wait_for(lambda: store._kept.get(check=False).can_read(), what="the answer to the last write")
+            store.finish([("e5", "h")], {"e5": ["h"]}, 60, wait=False)
+            assert store.begin([("e3", "h")], 60, done=["e2", "e5"]).done == {"e2": {"h"}, "e5": {"h"}}
+        else:
+            with pytest.raises(redis.ConnectionError):
+                store.begin([("e3", "h")], 60, done=["e2"])
+            # A call it waits for, on a closed connection, runs again on a new one.
+            store.begin([("e3", "h")], 60)
+            (kept,) = _script_connections(redis_client, name)
+            redis_client.client_kill_filter(_id=kept)
+            begun = store.begin([("e4", "h")], 60, done=["e1"])
+            assert begun.done == {"e1": {"h"}} and begun.unfinished == {("e4", "h"): 0}
+        (replacement,) = _script_connections(redis_client, name)
+        assert replacement != kept
+    finally:
+        store.close()
+        for key in redis_client.scan_iter(f"{prefix}*"):
+            redis_client.delete(key)

@@ -184,29 +184,31 @@ class LocalLog:
             # The common case in as few steps as it takes (it runs for every event, on caches
             # the request left cold): room in the open segment, no fork since it was opened.
             segment = self._open
-            if segment is not None and self._pid == this_process[0]:  # no os.getpid() call
-                start = segment.size
-                end = start + len(data)
-                if end <= segment.capacity:
-                    segment.map[start:end] = data  # type: ignore[index]  # into the page cache: no system call
-                    segment.size = end
-                    if after is not None and after.end == start and after.segment is segment and not after.released:
-                        after.end = end  # right behind the caller's previous append: that ticket grows
-                        after.count += len(messages)
-                        return after
-                    ticket = Ticket(segment, start, end, len(messages))
-                    segment.track(ticket)
-                    return ticket
-            return self._append_slowly(messages, data, after)
+            if segment is None or self._pid != this_process[0] or segment.size + len(data) > segment.capacity:
+                segment = self._segment_for(messages, len(data))
+                if segment is None:
+                    return None
+            start = segment.size
+            end = start + len(data)
+            segment.map[start:end] = data  # type: ignore[index]  # into the page cache: no system call
+            segment.size = end
+            if after is not None and after.end == start and after.segment is segment and not after.released:
+                after.end = end  # right behind the caller's previous append: that ticket grows
+                after.count += len(messages)
+                return after
+            ticket = Ticket(segment, start, end, len(messages))
+            segment.track(ticket)
+            return ticket
 
-    def _append_slowly(self, messages: list[str], data: bytes, after: Ticket | None) -> Ticket | None:
-        """:meth:`append` after a fork, or where a new segment is needed, or while failing."""
+    def _segment_for(self, messages: list[str], size: int) -> Segment | None:
+        """The segment :meth:`append` writes ``size`` bytes into when the open one will not do
+        (after a fork, when it is full, while failing): the last one if it has room, else a new
+        one; ``None`` (the events counted as unprotected) when none can be had."""
         if self._pid != this_process[0]:
             self._forked()
         segment = self._segments[-1] if self._segments else None
-        start = 0 if segment is None else segment.size
-        if segment is None or segment.sealed or start + len(data) > segment.capacity:
-            capacity = max(self.segment_bytes, _HEADER + len(data))
+        if segment is None or segment.sealed or segment.size + size > segment.capacity:
+            capacity = max(self.segment_bytes, _HEADER + size)
             if self._bytes + capacity > self.max_bytes:
                 full = f"the local log holds {self._bytes} bytes (max {self.max_bytes})"
                 self._unprotected(messages, full)
@@ -215,22 +217,10 @@ class LocalLog:
             if segment is None:
                 self._unprotected(messages, None)
                 return None
-            start = segment.size
-        assert segment.map is not None
-        end = start + len(data)
-        segment.map[start:end] = data
-        segment.size = end
-        if after is not None and after.segment is segment and after.end == start and not after.released:
-            after.end = end
-            after.count += len(messages)
-            ticket = after
-        else:
-            ticket = Ticket(segment, start, end, len(messages))
-            segment.track(ticket)
         if self._failing:
             self._works_again()
-        self._open = segment  # the next appends take the fast way, until it fills up
-        return ticket
+        self._open = segment  # the next appends take the quick way, until it fills up
+        return segment
 
     def sync(self, ticket: Ticket | None) -> None:
         """``"machine"``: return once ``ticket``'s events are on the disk itself (group commit).

@@ -31,19 +31,25 @@ def pack(*args: bytes | str | int) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
 
 
+#: Seconds a kept connection may sit unused before it is checked first (the default of
+#: :class:`KeptConnection`, read when one is made).
+IDLE_CHECK = 1.0
+
+
 class KeptConnection:
     """A connection of a redis-py client's pool, kept between commands: one per thread, and a
     forked child takes its own (the parent's stays the parent's, unclosed).
 
     :param idle_check: seconds a connection may sit unused before :meth:`get` checks it first
         (a server restart or its idle timeout closes it): one found closed is replaced.
+        Default: :data:`IDLE_CHECK`.
 
     A caller that sees a command fail calls :meth:`drop`, so the next command gets a new one.
     """
 
-    def __init__(self, client: Any, idle_check: float = 1.0) -> None:
+    def __init__(self, client: Any, idle_check: float | None = None) -> None:
         self.client = client
-        self.idle_check = idle_check
+        self.idle_check = IDLE_CHECK if idle_check is None else idle_check
         self._local = threading.local()
 
     def get(self, *, check: bool = True) -> Any:

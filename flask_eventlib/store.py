@@ -503,16 +503,19 @@ class RedisStore(Store):
     def _call(self, command: bytes) -> Any:
         """One packed command on the kept connection, and its answer; once more on a new
         connection when that one failed (a server restart), as redis-py's client retries."""
-        for attempt in (1, 2):
-            conn = self._kept.get()
-            try:
-                conn.send_packed_command([command], check_health=False)
-                return conn.read_response()
-            except self._connection_errors:
-                self._kept.drop()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._call_once(command)
+        except self._connection_errors:
+            return self._call_once(command)
+
+    def _call_once(self, command: bytes) -> Any:
+        conn = self._kept.get()
+        try:
+            conn.send_packed_command([command], check_health=False)
+            return conn.read_response()
+        except self._connection_errors:
+            self._kept.drop()  # the next call gets a new one
+            raise
 
     def completed(self, event_ids: Iterable[str]) -> dict[str, set[str]]:
         ids = list(event_ids)

@@ -299,7 +299,7 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
     options.setdefault("socket_timeout", timeout)
     options.setdefault("socket_connect_timeout", timeout)
     client = redis.Redis.from_url(url, retry=None, **options)
-    kept = resp.KeptConnection(client, idle_check=_IDLE_CHECK)
+    kept = resp.KeptConnection(client)
     origins: dict[int, str] = {}  # a forked child's tasks name it as their origin
 
     def send(messages: list[str]) -> None:
@@ -342,10 +342,6 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
             raise
 
     return send
-
-
-#: Seconds a kept broker connection may sit unused before a message checks it first.
-_IDLE_CHECK = 1.0
 
 
 #: Transport options that change nothing in what the direct Redis path writes, or that it applies.

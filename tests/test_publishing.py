@@ -137,13 +137,13 @@ def test_the_direct_send_keeps_its_connection_and_replaces_one_the_server_closed
     """One connection serves message after message; one the server closed (a restart, its idle
     timeout) is found closed before the next message when it sat idle (``checked``), or fails
     that message, which the sender then spools, and the next message gets a new connection."""
-    from flask_eventlib import tasks
+    from flask_eventlib import resp
     from flask_eventlib.tasks import create_celery, make_send
 
     queue = f"eventlib-test-direct-{uuid.uuid4().hex[:8]}"
     celery = create_celery("direct", broker_url=REDIS_URL, queue=queue, settings={})
     # 0: every message checks its connection first; a day: none does within this test.
-    monkeypatch.setattr(tasks, "_IDLE_CHECK", 0.0 if checked else 86400.0)
+    monkeypatch.setattr(resp, "IDLE_CHECK", 0.0 if checked else 86400.0)
     send = make_send(celery, queue)
     before = _lpush_connections(redis_client)
     try:

@@ -21,7 +21,7 @@ from flask import Flask, current_app
 
 from flask_eventlib import flush, log
 
-from .app import create_app, payload
+from .app import RAW_BATCH_TASK, create_app, payload
 
 #: Events per request in benchmarks 1, 2 and 6.
 PER_REQUEST = 10
@@ -200,11 +200,17 @@ def preload_events(app: Flask, events: int) -> int:
     return events // PER_REQUEST
 
 
-def preload_raw(app: Flask, events: int) -> None:
-    """Send ``events`` raw tasks, one per event, as the raw baseline does."""
-    _, raw_task = app.extensions["bench"]
-    for n in range(events):
-        raw_task.delay(payload(app.config, n))
+def preload_raw(app: Flask, events: int, per_task: int = 1) -> None:
+    """Send ``events`` raw tasks, one per event, as the raw baseline does; with ``per_task`` > 1,
+    tasks of the raw batch task, each with the data of ``per_task`` events (the ceiling row)."""
+    celery, raw_task = app.extensions["bench"]
+    if per_task == 1:
+        for n in range(events):
+            raw_task.delay(payload(app.config, n))
+        return
+    batch = celery.tasks[RAW_BATCH_TASK]
+    for start in range(0, events, per_task):
+        batch.delay([payload(app.config, n) for n in range(start, min(events, start + per_task))])
 
 
 # -- benchmark 6, in a process of its own -----------------------------------------------------------

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .procs import Child, cpu_seconds
@@ -19,6 +19,8 @@ from .procs import Child, cpu_seconds
 #: The body the ingest benchmark posts (no Origin header: a server-side client passes the check).
 INGEST_PATH = "/event/log"
 BARE_PATH = "/bare"
+#: Reads and parses the JSON body and answers as the ingest does: the floor of any ingest.
+PARSED_PATH = "/parsed"
 
 
 def ingest_body(key: str) -> str:
@@ -163,6 +165,9 @@ class Comparison:
 
     bare: list[Load]
     ingest: list[Load]
+    #: The floor endpoint's rounds (:data:`PARSED_PATH`), each between a bare and an ingest round;
+    #: empty when not asked for.
+    parsed: list[Load] = field(default_factory=list)
 
     def total(self, loads: list[Load]) -> Load:
         requests, seconds = sum(x.requests for x in loads), sum(x.seconds for x in loads)
@@ -174,16 +179,33 @@ class Comparison:
         """Each round's ratio: a round and the next share the machine's mood of the moment."""
         return [i.per_second / b.per_second for b, i in zip(self.bare, self.ingest, strict=True)]
 
+    @property
+    def parsed_ratios(self) -> list[float]:
+        """Each round's ratio of the floor endpoint to the bare one."""
+        return [f.per_second / b.per_second for b, f in zip(self.bare, self.parsed, strict=True)]
+
 
 def compare_load(
-    server: Child, port: int, wrk: str | None, body: str, seconds: float, folder: Path, connections: int, rounds: int
+    server: Child,
+    port: int,
+    wrk: str | None,
+    body: str,
+    seconds: float,
+    folder: Path,
+    connections: int,
+    rounds: int,
+    *,
+    floor: bool = False,
 ) -> Comparison:
     """Requests/s on the bare endpoint and on the ingest endpoint, alternating, ``seconds`` each in all.
 
     Also measures the CPU time the server's workers spend per request, which other processes on
     the machine disturb less than the rate.
+
+    :param floor: measure :data:`PARSED_PATH` too, between each bare round and its ingest round.
     """
-    for path in (BARE_PATH, INGEST_PATH):  # warm up
+    paths = (BARE_PATH, PARSED_PATH, INGEST_PATH) if floor else (BARE_PATH, INGEST_PATH)
+    for path in paths:  # warm up
         for _ in range(20):
             request_once(port, path, "POST", body)
     workers = server.children()
@@ -199,5 +221,7 @@ def compare_load(
 
     for _ in range(rounds):
         result.bare.append(measured(BARE_PATH))
+        if floor:
+            result.parsed.append(measured(PARSED_PATH))
         result.ingest.append(measured(INGEST_PATH))
     return result

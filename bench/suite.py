@@ -185,6 +185,9 @@ def bench_request(run: Run) -> None:
     """2. A request logging 10 events against one logging none and one doing 10 raw delay() calls."""
     response = _row("2a", "request logging 10 events vs none: time to response, p50", Target(1.15))
     delays = _row("2b", "request doing 10 raw `delay()` vs none: time to response, p50")
+    floor = _row(
+        "2d", "floor: request writing 10 events to the local log only (no lookup, validation, codec) vs none, p50"
+    )
     work = _row("2c", "request logging 10 events, publish included, vs 10 raw `delay()`: work, p50", Target(0.20))
 
     def timed() -> None:
@@ -195,7 +198,7 @@ def bench_request(run: Run) -> None:
         blocks = run.sizes.http_blocks
         with gunicorn(port, run.folder / "gunicorn-request.log", config, workers=2):
             times = serving.response_times(
-                port, ["/log/10", "/log/0", "/delay/10"], run.sizes.http_requests, rounds=blocks
+                port, ["/log/10", "/log/0", "/delay/10", "/floor/10"], run.sizes.http_requests, rounds=blocks
             )
         none = percentile(times["/log/0"], 50)
         ours = percentile(times["/log/10"], 50)
@@ -211,6 +214,11 @@ def bench_request(run: Run) -> None:
             micros(raw),
             f"logging none: {micros(none)}",
             [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/delay/10"], parts["/log/0"], strict=True)],
+        )
+        floor.fill_rounds(
+            micros(percentile(times["/floor/10"], 50)),
+            f"logging none: {micros(none)}",
+            [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/floor/10"], parts["/log/0"], strict=True)],
         )
 
     def in_process() -> None:
@@ -231,7 +239,7 @@ def bench_request(run: Run) -> None:
             f"same request logging none took {micros(empty)}."
         )
 
-    run.step("2. a request logging 10 events: time to response (gunicorn)", [response, delays], timed)
+    run.step("2. a request logging 10 events: time to response (gunicorn)", [response, delays, floor], timed)
     run.step("2. a request logging 10 events: total work (in process)", [work], in_process)
 
 
@@ -239,24 +247,35 @@ def bench_worker(run: Run) -> None:
     """3. Events per second through a real worker, against raw Celery tasks one per event."""
     dedup = _row("3a", "worker events/s, dedup on, vs raw Celery, 1 task per event", Target(6.0, at_most=False))
     no_dedup = _row("3b", "worker events/s, dedup off, vs raw Celery, 1 task per event")
+    ceiling = _row(
+        "3c",
+        "ceiling: raw Celery, 1 task per 10 events (only their side effects), acks late and prefetch 1, "
+        "vs 1 task per event",
+    )
     sizes = run.sizes
 
     def body() -> None:
         timeout = 60 + sizes.worker_events / 100
 
-        def measure(name: str, events: int, raw: bool, **extra: Any) -> workers.Throughput:
+        def measure(name: str, events: int, raw: bool, per_task: int = 1, **extra: Any) -> workers.Throughput:
             config = run.config(name, **extra)
-            return workers.throughput(run.client, config, events, run.folder / f"{name}.log", raw=raw, timeout=timeout)
+            log_path = run.folder / f"{name}.log"
+            return workers.throughput(run.client, config, events, log_path, raw=raw, timeout=timeout, per_task=per_task)
 
         # Rounds of (raw, dedup on, dedup off): each round's ratios compare workers that ran
         # side by side, so a drift of the machine touches both sides of a ratio alike.
         raws: list[float] = []
+        ceilings: list[float] = []
         ours: dict[str, list[workers.Throughput]] = {"dedup": [], "nodedup": []}
         for number in range(1, sizes.worker_rounds + 1):
             raws.append(measure(f"worker-raw-{number}", sizes.raw_events, raw=True).per_second)
             for name, ttl in (("dedup", 86_400), ("nodedup", 0)):
                 got = measure(f"worker-{name}-{number}", sizes.worker_events, raw=False, EVENTLIB_DEDUP_TTL=ttl)
                 ours[name].append(got)
+            batched = measure(
+                f"worker-ceiling-{number}", sizes.worker_events, raw=True, per_task=10, BENCH_RAW_CRASH_SAFE=True
+            )
+            ceilings.append(batched.per_second)
         raw = median(raws)
         base = f"{raw:,.0f}/s ({sizes.worker_rounds} runs of {sizes.raw_events} tasks)"
         for row, name in ((dedup, "dedup"), (no_dedup, "nodedup")):
@@ -265,6 +284,11 @@ def bench_worker(run: Run) -> None:
             per_message = measured[0].events // max(1, measured[0].messages)
             ours_text = f"{per_second:,.0f}/s ({measured[0].events} events, {per_message} per message)"
             row.fill_rounds(ours_text, base, [m.per_second / r for m, r in zip(measured, raws, strict=True)])
+        ceiling.fill_rounds(
+            f"{median(ceilings):,.0f}/s ({sizes.worker_events} events, 10 per task)",
+            base,
+            [c / r for c, r in zip(ceilings, raws, strict=True)],
+        )
         run.report.notes.append(
             f"3: `celery worker --pool=prefork --concurrency={workers.CONCURRENCY}` on both sides, the queue "
             "filled first, timed from the first handler run to the last; each handler and each raw task does "
@@ -272,18 +296,21 @@ def bench_worker(run: Run) -> None:
             "raw one Celery's defaults."
         )
 
-    run.step("3. worker throughput (real workers)", [dedup, no_dedup], body)
+    run.step("3. worker throughput (real workers)", [dedup, no_dedup, ceiling], body)
 
 
 def bench_ingest(run: Run) -> None:
     """4. POST /event/log requests per second under gunicorn, against a bare endpoint of the same app."""
     off = _row("4a", "`POST /event/log` req/s vs a bare 204 endpoint, rate limit off", Target(0.85, at_most=False))
     on = _row("4b", "`POST /event/log` req/s vs a bare 204 endpoint, rate limit on", Target(0.85, at_most=False))
+    floor = _row(
+        "4c", "floor: an endpoint that only reads and parses the JSON body and answers as the ingest does, vs bare"
+    )
 
     def body() -> None:
         probe, _ = create_app(**run.config("probe"))
         if "eventlib.log" not in probe.view_functions:
-            for row in (off, on):
+            for row in (off, on, floor):
                 row.missing = "n/a (no /event/log)"
             return
         wrk = serving.ensure_wrk(run.install)
@@ -295,7 +322,15 @@ def bench_ingest(run: Run) -> None:
             port = free_port()
             with gunicorn(port, run.folder / f"gunicorn-{name}.log", config, workers=2) as server:
                 compared = serving.compare_load(
-                    server, port, wrk, posted, run.sizes.load_seconds, run.folder, connections, run.sizes.load_rounds
+                    server,
+                    port,
+                    wrk,
+                    posted,
+                    run.sizes.load_seconds,
+                    run.folder,
+                    connections,
+                    run.sizes.load_rounds,
+                    floor=limit is None,
                 )
             bare, ingest = compared.total(compared.bare), compared.total(compared.ingest)
             if ingest.failed or bare.failed:
@@ -305,6 +340,15 @@ def bench_ingest(run: Run) -> None:
                 f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
                 compared.ratios,
             )
+            if compared.parsed:
+                parsed = compared.total(compared.parsed)
+                if parsed.failed:
+                    raise BenchError(f"{parsed.failed} requests of the floor endpoint failed")
+                floor.fill_rounds(
+                    f"{parsed.per_second:,.0f} req/s{_cpu(parsed)}",
+                    f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
+                    compared.parsed_ratios,
+                )
         tool = "wrk (1 thread)" if wrk else "Python threads (wrk unavailable)"
         run.report.notes.append(
             f"4: gunicorn, 2 sync workers, {connections} connections from {tool}, "
@@ -314,7 +358,7 @@ def bench_ingest(run: Run) -> None:
             '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin).'
         )
 
-    run.step("4. ingest throughput (gunicorn + load generator)", [off, on], body)
+    run.step("4. ingest throughput (gunicorn + load generator)", [off, on, floor], body)
 
 
 def bench_js(run: Run) -> None:

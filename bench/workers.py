@@ -41,17 +41,19 @@ def throughput(
     raw: bool,
     timeout: float,
     worker_config: dict[str, Any] | None = None,
+    per_task: int = 1,
 ) -> Throughput:
     """Fill the queue with ``events`` events (ours: 10 per message; raw: one task each), then start
     a worker and time it from the first handler run to the last (both stored by the handler).
 
     :param worker_config: settings of the worker only (the process that fills the queue has not them).
+    :param per_task: raw: events per task (the raw batch task, when more than one).
     """
     config = {**config, "BENCH_TOTAL": events}
     key = config["BENCH_KEY"]
     app, _ = create_app(**config)
     if raw:
-        preload_raw(app, events)
+        preload_raw(app, events, per_task)
         queue = config["BENCH_RAW_QUEUE"]
     else:
         preload_events(app, events)

@@ -16,7 +16,30 @@ from bench.measure import Row, Target, chunks, median, percentile, table
 from bench.suite import JS_CLIENT
 from tests.conftest import REDIS_URL, ROOT
 
-ROWS = ["1a", "1b", "1c", "1d", "2a", "2b", "2c", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "9a", "9b", "9c"]
+ROWS = [
+    "1a",
+    "1b",
+    "1c",
+    "1d",
+    "2a",
+    "2b",
+    "2d",
+    "2c",
+    "3a",
+    "3b",
+    "3c",
+    "4a",
+    "4b",
+    "4c",
+    "5",
+    "6a",
+    "6b",
+    "7a",
+    "7b",
+    "9a",
+    "9b",
+    "9c",
+]
 #: ``python -m bench.streams``: the streams' rows, in a script of their own.
 STREAM_ROWS = ["8a", "8b", "8c", "8d", "8e"]
 

@@ -56,6 +56,9 @@ def body(response: TestResponse) -> dict[str, Any]:
     """The response's JSON, checked against the one shape every answer has."""
     assert response.mimetype == "application/json"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers.get_all("Vary") == ["Origin"]
+    assert response.headers["Content-Length"] == str(len(response.data))
     document = response.get_json()
     assert set(document) == {"accepted", "errors"}
     assert all(isinstance(event_id, str) for event_id in document["accepted"])

@@ -293,7 +293,7 @@ def bench_worker(run: Run) -> None:
             f"3: `celery worker --pool=prefork --concurrency={workers.CONCURRENCY}` on both sides, the queue "
             "filled first, timed from the first handler run to the last; each handler and each raw task does "
             "one Redis INCR. flask-eventlib's worker runs its crash-safe settings (acks late, prefetch 1); the "
-            "raw one Celery's defaults."
+            "raw one Celery's defaults, but for 3c's (raw tasks of 10 events each), which has flask-eventlib's."
         )
 
     run.step("3. worker throughput (real workers)", [dedup, no_dedup, ceiling], body)
@@ -355,7 +355,8 @@ def bench_ingest(run: Run) -> None:
             f"{run.sizes.load_seconds:g} s per endpoint in {run.sizes.load_rounds} alternating rounds (the ratio is "
             "the median of the rounds' ratios; CPU/req is the gunicorn workers' CPU time per request, which "
             "other processes on the machine disturb less than the rate); each POST carries one event "
-            '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin).'
+            '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin); 4c runs on 4a\'s server, '
+            "between each bare round and its ingest round."
         )
 
     run.step("4. ingest throughput (gunicorn + load generator)", [off, on, floor], body)

@@ -49,11 +49,11 @@ def create_raw_celery(broker_url: str, queue: str, *, crash_safe: bool = False) 
     if crash_safe:
         celery.conf.update(CRASH_SAFE_SETTINGS)
 
-    @celery.task(name=RAW_TASK, shared=False)
+    @celery.task(name=RAW_TASK, shared=False)  # type: ignore[untyped-decorator]  # Celery has no types
     def raw_ping(data: dict[str, Any]) -> None:
         touch(data["key"], data.get("total", 0))
 
-    @celery.task(name=RAW_BATCH_TASK, shared=False)
+    @celery.task(name=RAW_BATCH_TASK, shared=False)  # type: ignore[untyped-decorator]
     def raw_batch(items: list[dict[str, Any]]) -> None:
         # Nothing but the handlers' side effects: what any runner of a message of events adds
         # (decoding, dedup, isolating failures) comes on top of this.

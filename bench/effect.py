@@ -14,10 +14,10 @@ import redis
 #: Where the counters go without ``BENCH_REDIS_URL`` (which the run sets for itself and its workers).
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients: dict[tuple[int, str], redis.Redis[bytes]] = {}
 
 
-def client() -> redis.Redis:
+def client() -> redis.Redis[bytes]:
     """A Redis client of this process (worker children are forked: never share a parent's), on the
     run's Redis: ``BENCH_REDIS_URL`` is read at each call, not at import, since the run sets it
     after this module was imported (its in-process benchmarks counted in db 0, out of reach of the

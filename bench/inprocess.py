@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,10 @@ from .app import RAW_BATCH_TASK, create_app, payload
 
 #: Events per request in benchmarks 1, 2 and 6.
 PER_REQUEST = 10
+
+
+def _written(data: bytes) -> None:
+    """The ``write()`` a WSGI server gives the app: the bench's apps never call it."""
 
 
 class Direct:
@@ -52,7 +56,14 @@ class Direct:
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
         }
-        body = self.app(environ, lambda line, headers, exc_info=None: status.append(line))
+
+        def start_response(
+            line: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            status.append(line)
+            return _written
+
+        body = self.app(environ, start_response)
         try:
             for _chunk in body:
                 pass

@@ -110,7 +110,7 @@ def consumers_run(run: Run, stream: str, key: str, events: int, tag: str, proces
         def joined() -> bool:
             for child in children:
                 child.check_alive()
-            return len(client.xinfo_consumers(stream, group)) == processes
+            return len(client.xinfo_consumers(stream, group)) == processes  # type: ignore[no-untyped-call]
 
         wait_for(joined, timeout=60, what=f"{processes} consumers to join {group}")
         client.xgroup_setid(stream, group, id="0")  # every entry is theirs now
@@ -259,7 +259,7 @@ def _cleanup(run: Run) -> None:
     """The run's streams, their dedup keys and seq counters, the consumer groups' keys, then the rest."""
     client = run.client
     for key in client.scan_iter(match=f"bench:{run.id}:stream-*", count=1000):
-        if client.type(key) == b"stream":
+        if client.type(key) == b"stream":  # type: ignore[no-untyped-call]
             ids = [fields[b"id"] for _, fields in client.xrange(key)]
             for start in range(0, len(ids), 500):
                 client.delete(*(b"eventlib:streamed:" + i for i in ids[start : start + 500]))

@@ -33,7 +33,7 @@ class Throughput:
 
 
 def throughput(
-    client: redis.Redis,
+    client: redis.Redis[bytes],
     config: dict[str, Any],
     events: int,
     log_path: Path,

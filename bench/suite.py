@@ -201,25 +201,14 @@ def bench_request(run: Run) -> None:
                 port, ["/log/10", "/log/0", "/delay/10", "/floor/10"], run.sizes.http_requests, rounds=blocks
             )
         none = percentile(times["/log/0"], 50)
-        ours = percentile(times["/log/10"], 50)
-        raw = percentile(times["/delay/10"], 50)
         # A round: a block of each kind, one after the other (response_times alternates them).
         parts = {path: chunks(found, blocks) for path, found in times.items()}
-        response.fill_rounds(
-            micros(ours),
-            f"logging none: {micros(none)}",
-            [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/log/10"], parts["/log/0"], strict=True)],
-        )
-        delays.fill_rounds(
-            micros(raw),
-            f"logging none: {micros(none)}",
-            [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/delay/10"], parts["/log/0"], strict=True)],
-        )
-        floor.fill_rounds(
-            micros(percentile(times["/floor/10"], 50)),
-            f"logging none: {micros(none)}",
-            [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts["/floor/10"], parts["/log/0"], strict=True)],
-        )
+        for row, path in ((response, "/log/10"), (delays, "/delay/10"), (floor, "/floor/10")):
+            row.fill_rounds(
+                micros(percentile(times[path], 50)),
+                f"logging none: {micros(none)}",
+                [percentile(a, 50) / percentile(b, 50) for a, b in zip(parts[path], parts["/log/0"], strict=True)],
+            )
 
     def in_process() -> None:
         app, _ = create_app(**run.config("work"))
@@ -262,7 +251,7 @@ def bench_worker(run: Run) -> None:
             log_path = run.folder / f"{name}.log"
             return workers.throughput(run.client, config, events, log_path, raw=raw, timeout=timeout, per_task=per_task)
 
-        # Rounds of (raw, dedup on, dedup off): each round's ratios compare workers that ran
+        # Rounds of (raw, dedup on, dedup off, ceiling): each round's ratios compare workers that ran
         # side by side, so a drift of the machine touches both sides of a ratio alike.
         raws: list[float] = []
         ceilings: list[float] = []

@@ -318,8 +318,8 @@ def _respond(
 
 
 #: The headers of every answer. Constants, so they need none of the checks Werkzeug's ``Headers``
-#: makes of each value it is given: those checks and the content type's parsing were half the
-#: view's own time under gunicorn.
+#: makes of each value it is given: those checks took about 10 of the view's 65 µs a request in a
+#: gunicorn worker (py-spy).
 _HEADERS = (
     ("Content-Type", "application/json"),
     ("Cache-Control", "no-store"),

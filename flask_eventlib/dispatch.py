@@ -120,6 +120,14 @@ class Dispatcher:
             event.trace,
         )
 
+    def batch(self, context: dict[str, Any] | None = None, *, public_only: bool = False) -> Batch:
+        """Events to log together, sharing ``context`` (a request of the browser endpoint):
+        :meth:`Batch.add` each, then :meth:`Batch.publish` them in one hand-over.
+
+        :raises SerializationError: (a ``TypeError``) when ``context`` cannot be encoded.
+        """
+        return Batch(self, context or {}, public_only)
+
     def log(
         self,
         name: str,
@@ -148,6 +156,71 @@ class Dispatcher:
             signals.send(signals.event_logged, self.signal_sender, event=event)
         self.publisher.publish([message])
         return event_id
+
+
+class Batch:
+    """Events logged together that share one context (the events of a browser's request).
+
+    The context is encoded once for them all, and the events are handed to the publisher in one
+    call (one append to the local log), not one each. Each event is validated on its own: one
+    that :meth:`add` refuses is left out, and the others are still published.
+    """
+
+    __slots__ = ("_context", "_dispatcher", "_encoded_context", "_events", "_messages", "_public_only")
+
+    def __init__(self, dispatcher: Dispatcher, context: dict[str, Any], public_only: bool) -> None:
+        self._dispatcher = dispatcher
+        self._context = context
+        self._encoded_context = dispatcher.codec.encode(context, root="the events' context") if context else {}
+        self._public_only = public_only
+        self._events: list[BaseEvent] = []
+        self._messages: list[str] = []
+
+    def add(self, name: str, data: dict[str, Any] | None = None, id: str | None = None) -> str:
+        """Validate and encode one event of the batch (each gets its own copy of the context);
+        return its id. Nothing is kept of an event that is refused.
+
+        :raises EventNotFound: for an unknown name.
+        :raises EventNotPublic: with ``public_only``, for an event browsers may not log.
+        :raises ValidationError: when ``clean()`` refuses the data.
+        :raises SerializationError: (a ``TypeError``) naming the key that cannot be serialized.
+        """
+        dispatcher = self._dispatcher
+        try:
+            event = dispatcher._build(name, data, id, dict(self._context), self._public_only)
+            event_id: str = event.id  # type: ignore[assignment]  # _build always gives one
+            message = envelope.encode_fields(
+                dispatcher.codec,
+                event_id,
+                name,
+                event.data,
+                event.context,
+                event.logged_at,
+                event.trace,
+                encoded_context=self._encoded_context,
+            )
+        except (EventlibError, TypeError) as exc:
+            signals.send(signals.event_rejected, dispatcher.signal_sender, name=name, error=exc)
+            raise
+        self._events.append(event)
+        self._messages.append(message)
+        return event_id
+
+    def publish(self) -> None:
+        """Hand the events added so far to the publisher, in one call, as :meth:`Dispatcher.log`
+        does one: counted and signalled first. The batch is empty afterwards."""
+        events, messages = self._events, self._messages
+        if not messages:
+            return
+        self._events, self._messages = [], []
+        dispatcher = self._dispatcher
+        if dispatcher.counted is not None:
+            for event in events:
+                dispatcher.counted(event)
+        if signals.event_logged.receivers:
+            for event in events:
+                signals.send(signals.event_logged, dispatcher.signal_sender, event=event)
+        dispatcher.publisher.publish(messages)
 
 
 _now = dt.datetime.now

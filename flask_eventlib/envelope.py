@@ -68,17 +68,24 @@ def encode_fields(
     context: dict[str, Any],
     logged_at: dt.datetime | None,
     trace: dict[str, str] | None = None,
+    *,
+    encoded_context: dict[str, Any] | None = None,
 ) -> str:
     """:func:`encode` from the fields themselves: ``log()``'s path, which has them at hand and
-    need not build an :class:`Envelope` for each event."""
+    need not build an :class:`Envelope` for each event.
+
+    :param encoded_context: ``context`` already encoded by ``codec`` (events that share one).
+    """
     # The flat dict of most events in one call; encode() for the rest, and to name what fails.
     encoded = codec.encode_flat(data)
+    if encoded_context is None:
+        encoded_context = codec.encode(context, root=f"{name} context") if context else {}
     document = {
         "v": FORMAT_VERSION,
         "id": id,
         "name": name,
         "data": codec.encode(data, root=f"{name} data") if encoded is None else encoded,
-        "context": codec.encode(context, root=f"{name} context") if context else {},
+        "context": encoded_context,
         # orjson writes an aware datetime as ISO 8601 itself, faster than isoformat().
         "logged_at": logged_at,
     }

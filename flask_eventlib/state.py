@@ -10,7 +10,7 @@ from flask import Flask, current_app
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
+    from .dispatch import Batch, Dispatcher
     from .figures import Figures
     from .ingest.settings import HttpSettings
     from .publishers import Router
@@ -84,6 +84,12 @@ class EventLibState:
             :class:`~flask_eventlib.exceptions.EventNotPublic`).
         """
         return self.dispatcher.log(name, data, id=id, context=context, public_only=public_only)
+
+    def batch(self, context: dict[str, Any] | None = None, *, public_only: bool = False) -> Batch:
+        """Events of this app to log together, sharing ``context``: ``add()`` each (it raises
+        what :meth:`log` raises, and keeps nothing of a refused event), then ``publish()`` them
+        in one hand-over. The browser endpoint logs a request's events this way."""
+        return self.dispatcher.batch(context, public_only=public_only)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until this app's events logged so far are published or spooled; see :func:`flush`."""

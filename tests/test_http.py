@@ -6,6 +6,7 @@ right after the response means no handler ran. The spec's example also runs thro
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from werkzeug.test import TestResponse
 
 from flask_eventlib import ConfigurationError, EventLib, log
 from flask_eventlib.ingest import blueprint
+from flask_eventlib.publishers import Capture
 from tests.conftest import REDIS_URL, Records, Worker
 from tests.faults import silent_server
 from tests.sample import create_app
@@ -417,6 +419,53 @@ def test_a_batch_logs_its_valid_events_and_reports_the_others(client: FlaskClien
     assert sorted(entry["name"] for entry in records.all()) == ["web.PageView", "web.Rating"]
     assert records.handlers_for(good_id) == ["PageView.store"]
     assert records.handlers_for(taken_id) == ["Rating.store"]
+
+
+def test_a_batchs_events_are_handed_on_together_with_the_requests_context(
+    make_app: AppFactory, records: Records
+) -> None:
+    app = make_app()
+    state = app.extensions["eventlib"]
+    handed: list[list[str]] = []
+    events = [
+        {"event": "web.PageView", "data": {"page": "1"}},
+        {"event": "web.Nope"},
+        {"event": "web.Rating", "data": {"stars": 5}},
+        {"event": "web.Search", "data": {}},
+    ]
+    with state.publisher.override(Capture(handed.append)):
+        response = app.test_client().post(
+            "/event/log", json={"events": events}, environ_base={"REMOTE_ADDR": "192.0.2.7"}
+        )
+    document = body(response)
+    assert response.status_code == 202
+    # The accepted events in one hand-over (one append to the local log), in their order.
+    assert len(handed) == 1
+    logged = [state.runner.decode(message) for message in handed[0]]
+    assert [event.id for event in logged] == document["accepted"]
+    assert [event.name for event in logged] == ["web.PageView", "web.Rating"]
+    # Each event has the context of its request, decoded as it was made (the time a datetime).
+    first, second = (event.context for event in logged)
+    assert first == second
+    assert first["remote_addr"] == "192.0.2.7" and first["user_agent"].startswith("Werkzeug/")
+    assert isinstance(first["received_at"], dt.datetime) and first["received_at"].tzinfo is not None
+    assert records.all() == []  # captured, so no handler ran
+
+
+def test_an_error_that_escapes_a_batch_hands_on_none_of_its_events(make_app: AppFactory, records: Records) -> None:
+    app = make_app(eventlib=EventLib(), EVENTLIB_EVENT_MODULES={"free": "tests.sample.web.free"})
+    state = app.extensions["eventlib"]
+    handed: list[list[str]] = []
+    events = [{"event": "free.Anything", "data": {"n": 1}}, {"event": "free.Broken"}, {"event": "free.Anything"}]
+    with state.publisher.override(Capture(handed.append)):
+        response = app.test_client().post("/event/log", json={"events": events})
+    # Not a refusal (those are answered event by event) but a bug: the request fails whole, and
+    # the event logged before it is not sent either.
+    document = body(response)
+    assert response.status_code == 500
+    assert document["accepted"] == [] and document["errors"][0]["code"] == "internal_error"
+    assert handed == []
+    assert records.all() == []
 
 
 @pytest.mark.parametrize(

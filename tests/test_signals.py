@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_eventlib import ValidationError, log, signals
+from flask_eventlib.state import state_of
 from tests.conftest import Records
 from tests.sample import create_app
 
@@ -116,3 +117,28 @@ def test_a_failing_receiver_is_logged_and_log_still_works(
         signals.event_logged.disconnect(broken)
     assert len(records.handlers_for(event_id)) == 4
     assert "A receiver of the flask-eventlib signal 'event-logged' failed" in caplog.text
+
+
+def test_a_browsers_batch_signals_and_counts_each_of_its_events(
+    records: Records, received: list[tuple[str, Any, dict[str, Any]]]
+) -> None:
+    app = create_app(
+        EVENTLIB_ALWAYS_EAGER=True,
+        EVENTLIB_BROKER_URL="memory://",
+        EVENTLIB_CONSOLE=True,  # its figures count each event logged
+        SECRET_KEY="test",
+        TESTING=True,
+        SAMPLE_RECORD_KEY=records.key,
+    )
+    events = [{"event": "web.PageView"}, {"event": "web.Nope"}, {"event": "web.Rating", "data": {"stars": 2}}]
+    response = app.test_client().post("/event/log", json={"events": events})
+    assert response.status_code == 202
+    told = sorted(
+        (name, kwargs["event"].name if "event" in kwargs else kwargs["name"])
+        for name, sender, kwargs in received
+        if name.startswith("event_") and sender is app
+    )
+    assert told == [("event_logged", "web.PageView"), ("event_logged", "web.Rating"), ("event_rejected", "web.Nope")]
+    figures = state_of(app).figures
+    assert figures is not None and figures.logged == 2
+    assert sorted(entry["name"] for entry in records.all()) == ["web.PageView", "web.Rating"]

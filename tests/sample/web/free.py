@@ -17,3 +17,16 @@ class Anything(BaseEvent):
     @handler
     def store(self) -> None:
         record("Anything.store", self)
+
+
+class Broken(BaseEvent):
+    """A public event whose ``clean()`` fails with an error that is not a refusal (a bug in it)."""
+
+    public = True
+
+    def clean(self) -> None:
+        raise RuntimeError("clean() of free.Broken has a bug")
+
+    @handler
+    def store(self) -> None:
+        record("Broken.store", self)

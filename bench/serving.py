@@ -27,6 +27,16 @@ def ingest_body(key: str) -> str:
     return json.dumps({"event": "bench.Ping", "data": {"key": key, "n": 1, "total": 0}})
 
 
+#: Events in each POST of the batch rounds (row 4d).
+BATCH_EVENTS = 10
+
+
+def batch_body(key: str) -> str:
+    """A batch of :data:`BATCH_EVENTS` events in the shape the JS client sends (``{"events": [...]}``)."""
+    events = [{"event": "bench.Ping", "data": {"key": key, "n": n, "total": 0}} for n in range(BATCH_EVENTS)]
+    return json.dumps({"events": events})
+
+
 def request_once(port: int, path: str, method: str = "GET", body: str | None = None) -> tuple[int, float]:
     """One request on a new connection (sync workers close it): status and seconds to the whole response."""
     headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -168,6 +178,9 @@ class Comparison:
     #: The floor endpoint's rounds (:data:`PARSED_PATH`), each between a bare and an ingest round;
     #: empty when not asked for.
     parsed: list[Load] = field(default_factory=list)
+    #: The ingest's rounds posting batches (:func:`batch_body`), each after an ingest round; empty
+    #: when not asked for.
+    batch: list[Load] = field(default_factory=list)
 
     def total(self, loads: list[Load]) -> Load:
         requests, seconds = sum(x.requests for x in loads), sum(x.seconds for x in loads)
@@ -184,6 +197,11 @@ class Comparison:
         """Each round's ratio of the floor endpoint to the bare one."""
         return [f.per_second / b.per_second for b, f in zip(self.bare, self.parsed, strict=True)]
 
+    @property
+    def batch_ratios(self) -> list[float]:
+        """Each round's events/s in batches against the bare endpoint's requests/s."""
+        return [BATCH_EVENTS * x.per_second / b.per_second for b, x in zip(self.bare, self.batch, strict=True)]
+
 
 def compare_load(
     server: Child,
@@ -196,6 +214,7 @@ def compare_load(
     rounds: int,
     *,
     floor: bool = False,
+    batch: str | None = None,
 ) -> Comparison:
     """Requests/s on the bare endpoint and on the ingest endpoint, alternating, ``seconds`` each in all.
 
@@ -203,17 +222,21 @@ def compare_load(
     the machine disturb less than the rate.
 
     :param floor: measure :data:`PARSED_PATH` too, between each bare round and its ingest round.
+    :param batch: a body of :data:`BATCH_EVENTS` events to post to the ingest too, after each
+        ingest round.
     """
     paths = (BARE_PATH, PARSED_PATH, INGEST_PATH) if floor else (BARE_PATH, INGEST_PATH)
     for path in paths:  # warm up
         for _ in range(20):
             request_once(port, path, "POST", body)
+    for _ in range(20 if batch is not None else 0):
+        request_once(port, INGEST_PATH, "POST", batch)
     workers = server.children()
     result = Comparison([], [])
 
-    def measured(path: str) -> Load:
+    def measured(path: str, posted: str = body) -> Load:
         before = cpu_seconds(workers)
-        done = load(wrk, port, path, body, seconds / rounds, folder, connections)
+        done = load(wrk, port, path, posted, seconds / rounds, folder, connections)
         after = cpu_seconds(workers)
         if before is not None and after is not None:
             done.cpu = after - before
@@ -224,4 +247,6 @@ def compare_load(
         if floor:
             result.parsed.append(measured(PARSED_PATH))
         result.ingest.append(measured(INGEST_PATH))
+        if batch is not None:
+            result.batch.append(measured(INGEST_PATH, batch))
     return result

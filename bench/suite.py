@@ -295,11 +295,16 @@ def bench_ingest(run: Run) -> None:
     floor = _row(
         "4c", "floor: an endpoint that only reads and parses the JSON body and answers as the ingest does, vs bare"
     )
+    batches = _row(
+        "4d",
+        f"`POST /event/log` with batches of {serving.BATCH_EVENTS} events (the JS client's shape), rate limit off: "
+        "events/s vs bare req/s",
+    )
 
     def body() -> None:
         probe, _ = create_app(**run.config("probe"))
         if "eventlib.log" not in probe.view_functions:
-            for row in (off, on, floor):
+            for row in (off, on, floor, batches):
                 row.missing = "n/a (no /event/log)"
             return
         wrk = serving.ensure_wrk(run.install)
@@ -320,6 +325,7 @@ def bench_ingest(run: Run) -> None:
                     connections,
                     run.sizes.load_rounds,
                     floor=limit is None,
+                    batch=serving.batch_body(config["BENCH_KEY"]) if limit is None else None,
                 )
             bare, ingest = compared.total(compared.bare), compared.total(compared.ingest)
             if ingest.failed or bare.failed:
@@ -338,6 +344,18 @@ def bench_ingest(run: Run) -> None:
                     f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
                     compared.parsed_ratios,
                 )
+            if compared.batch:
+                batched = compared.total(compared.batch)
+                if batched.failed:
+                    raise BenchError(f"{batched.failed} batch requests of the ingest failed")
+                each = batched.cpu_per_request
+                per_event = "" if each is None else f", {micros(each / serving.BATCH_EVENTS)} CPU/event"
+                events_per_second = serving.BATCH_EVENTS * batched.per_second
+                batches.fill_rounds(
+                    f"{events_per_second:,.0f} events/s in {batched.per_second:,.0f} req/s{per_event}",
+                    f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
+                    compared.batch_ratios,
+                )
         tool = "wrk (1 thread)" if wrk else "Python threads (wrk unavailable)"
         run.report.notes.append(
             f"4: gunicorn, 2 sync workers, {connections} connections from {tool}, "
@@ -345,10 +363,11 @@ def bench_ingest(run: Run) -> None:
             "the median of the rounds' ratios; CPU/req is the gunicorn workers' CPU time per request, which "
             "other processes on the machine disturb less than the rate); each POST carries one event "
             '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin); 4c runs on 4a\'s server, '
-            "between each bare round and its ingest round."
+            "between each bare round and its ingest round; 4d on the same server, after each ingest round, "
+            f'posting {serving.BATCH_EVENTS} such events at a time as `{{"events": [...]}}`.'
         )
 
-    run.step("4. ingest throughput (gunicorn + load generator)", [off, on, floor], body)
+    run.step("4. ingest throughput (gunicorn + load generator)", [off, on, floor, batches], body)
 
 
 def bench_js(run: Run) -> None:

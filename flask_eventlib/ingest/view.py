@@ -2,9 +2,10 @@
 
 A request is checked as a whole first (method 405, size 413, origin 403, rate 429, content type
 415, body shape 400), then each event on its own (unknown 404, not public 403, refused by its
-``clean()`` 400). Accepted events go through the same :meth:`Dispatcher.log` as server-side
-``log()``, with server-side ``context`` the client cannot set. Every response is JSON of one
-shape::
+``clean()`` 400). The events go through the same steps as server-side ``log()`` (find, build,
+``clean()``, encode), in one :class:`~flask_eventlib.dispatch.Batch` per request, with
+server-side ``context`` the client cannot set; the accepted ones are handed on together. Every
+response is JSON of one shape::
 
     {"accepted": ["<event id>", ...],
      "errors": [{"status": 400, "code": "validation_error", "message": "...",

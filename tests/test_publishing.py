@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import pytest
 import redis
 from flask import Flask
 
-from flask_eventlib import BaseEvent, EventLib, flush, log, signals
+from flask_eventlib import BaseEvent, EventLib, EventNotFound, SerializationError, ValidationError, flush, log, signals
 from flask_eventlib.publishing import Sender
 from flask_eventlib.spool import Spool
 from tests.conftest import REDIS_URL, ROOT, Records, wait_for
@@ -78,6 +79,34 @@ def test_a_request_sends_its_events_as_one_message(queued_app: tuple[Flask, str]
     (batch,) = queued_events(redis_client, queue)
     assert len(batch) == 10
     assert [json.loads(m)["data"]["deal_id"] for m in batch] == list(range(10))
+
+
+def test_a_batch_sends_the_events_it_kept_as_one_message_sharing_its_context(
+    queued_app: tuple[Flask, str], redis_client: redis.Redis
+) -> None:
+    app, queue = queued_app
+    state = app.extensions["eventlib"]
+    with app.app_context():
+        with pytest.raises(SerializationError, match=r"the events' context\['source'\]"):
+            state.batch({"source": object()})  # refused before any event is added
+        batch = state.batch({"source": "import", "at": dt.datetime(2027, 1, 15, 8, tzinfo=dt.UTC)})
+        kept = [batch.add("deals.DealClick", {"deal_id": 1})]
+        with pytest.raises(ValidationError):
+            batch.add("deals.DealClick", {})
+        with pytest.raises(EventNotFound):
+            batch.add("deals.Missing")
+        kept.append(batch.add("deals.DealClick", {"deal_id": 2}))
+        assert flush() and queued_events(redis_client, queue) == []  # nothing before publish()
+        batch.publish()
+        batch.publish()  # the batch is empty now: nothing is sent twice
+        assert flush()
+    (message,) = queued_events(redis_client, queue)
+    logged = [state.runner.decode(m) for m in message]
+    assert [event.id for event in logged] == kept
+    assert [event.data["deal_id"] for event in logged] == [1, 2]
+    assert all(
+        event.context == {"source": "import", "at": dt.datetime(2027, 1, 15, 8, tzinfo=dt.UTC)} for event in logged
+    )
 
 
 def test_outside_a_request_log_publishes_at_once(queued_app: tuple[Flask, str], redis_client: redis.Redis) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import workers
+from . import at_exit, workers
 from .app import create_app
 from .inprocess import preload_events
 from .measure import Row, Target, machine, micros
@@ -268,6 +268,7 @@ def _cleanup(run: Run) -> None:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
     run.cleanup()
+    at_exit(run.cleanup)  # again once this process's apps wrote their last figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from . import inprocess, serving, workers
+from . import at_exit, inprocess, serving, workers
 from .app import create_app
 from .console import bench_console
 from .measure import Report, Row, Target, chunks, machine, median, micros, percentile
@@ -443,6 +443,8 @@ def run_all(redis_url: str, sizes: Sizes, only: tuple[str, ...] = ALL, install: 
                 bench_console(run)
         finally:
             run.cleanup()
+            # Again at exit: this process's apps write their figures' last counts and heartbeat then.
+            at_exit(run.cleanup)
         run.report.notes.insert(
             0,
             "Each row runs in rounds that alternate ours and the baseline: its ratio is the median of the "

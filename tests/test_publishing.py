@@ -89,7 +89,9 @@ def test_a_batch_sends_the_events_it_kept_as_one_message_sharing_its_context(
     with app.app_context():
         with pytest.raises(SerializationError, match=r"the events' context\['source'\]"):
             state.batch({"source": object()})  # refused before any event is added
-        batch = state.batch({"source": "import", "at": dt.datetime(2027, 1, 15, 8, tzinfo=dt.UTC)})
+        context = {"source": "import", "at": dt.datetime(2027, 1, 15, 8, tzinfo=dt.UTC)}
+        batch = state.batch(context)
+        context["source"] = "changed later"  # the batch keeps the context it was given
         kept = [batch.add("deals.DealClick", {"deal_id": 1})]
         with pytest.raises(ValidationError):
             batch.add("deals.DealClick", {})
@@ -97,9 +99,19 @@ def test_a_batch_sends_the_events_it_kept_as_one_message_sharing_its_context(
             batch.add("deals.Missing")
         kept.append(batch.add("deals.DealClick", {"deal_id": 2}))
         assert flush() and queued_events(redis_client, queue) == []  # nothing before publish()
-        batch.publish()
-        batch.publish()  # the batch is empty now: nothing is sent twice
+        told: list[dict[str, Any]] = []
+
+        def receiver(sender: Any, event: BaseEvent, **_: Any) -> None:
+            told.append(event.context)
+
+        signals.event_logged.connect(receiver)
+        try:
+            batch.publish()
+            batch.publish()  # the batch is empty now: nothing is sent twice
+        finally:
+            signals.event_logged.disconnect(receiver)
         assert flush()
+    assert [c["source"] for c in told] == ["import", "import"]  # what receivers see is what is sent
     (message,) = queued_events(redis_client, queue)
     logged = [state.runner.decode(m) for m in message]
     assert [event.id for event in logged] == kept

@@ -170,7 +170,8 @@ class Batch:
 
     def __init__(self, dispatcher: Dispatcher, context: dict[str, Any], public_only: bool) -> None:
         self._dispatcher = dispatcher
-        self._context = dict(context)  # what is encoded here is what each event gets, whatever the caller changes
+        # A copy: what is encoded here is what each event gets, whatever the caller changes later.
+        self._context = context = dict(context)
         self._encoded_context = dispatcher.codec.encode(context, root="the events' context") if context else {}
         self._public_only = public_only
         self._events: list[BaseEvent] = []

@@ -136,6 +136,14 @@ def _cpu(load: serving.Load) -> str:
     return "" if per_request is None else f", {micros(per_request)} CPU/req"
 
 
+def _total(compared: serving.Comparison, loads: list[serving.Load], what: str) -> serving.Load:
+    """The rounds ``loads`` of ``compared`` together; a :class:`BenchError` if any request failed."""
+    found = compared.total(loads)
+    if found.failed:
+        raise BenchError(f"{found.failed} {what} requests failed")
+    return found
+
+
 def _row(id: str, what: str, target: Target | None = None) -> Row:
     return Row(id, what, "", "", None, target)
 
@@ -327,33 +335,21 @@ def bench_ingest(run: Run) -> None:
                     floor=limit is None,
                     batch=serving.batch_body(config["BENCH_KEY"]) if limit is None else None,
                 )
-            bare, ingest = compared.total(compared.bare), compared.total(compared.ingest)
-            if ingest.failed or bare.failed:
-                raise BenchError(f"{ingest.failed} ingest and {bare.failed} bare requests failed ({name})")
-            row.fill_rounds(
-                f"{ingest.per_second:,.0f} req/s{_cpu(ingest)}",
-                f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
-                compared.ratios,
-            )
+            bare = _total(compared, compared.bare, f"bare ({name})")
+            against_bare = f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}"
+            ingest = _total(compared, compared.ingest, f"ingest ({name})")
+            row.fill_rounds(f"{ingest.per_second:,.0f} req/s{_cpu(ingest)}", against_bare, compared.ratios)
             if compared.parsed:
-                parsed = compared.total(compared.parsed)
-                if parsed.failed:
-                    raise BenchError(f"{parsed.failed} requests of the floor endpoint failed")
-                floor.fill_rounds(
-                    f"{parsed.per_second:,.0f} req/s{_cpu(parsed)}",
-                    f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
-                    compared.parsed_ratios,
-                )
+                parsed = _total(compared, compared.parsed, "floor endpoint")
+                floor.fill_rounds(f"{parsed.per_second:,.0f} req/s{_cpu(parsed)}", against_bare, compared.parsed_ratios)
             if compared.batch:
-                batched = compared.total(compared.batch)
-                if batched.failed:
-                    raise BenchError(f"{batched.failed} batch requests of the ingest failed")
+                batched = _total(compared, compared.batch, "batch ingest")
                 each = batched.cpu_per_request
                 per_event = "" if each is None else f", {micros(each / serving.BATCH_EVENTS)} CPU/event"
                 events_per_second = serving.BATCH_EVENTS * batched.per_second
                 batches.fill_rounds(
                     f"{events_per_second:,.0f} events/s in {batched.per_second:,.0f} req/s{per_event}",
-                    f"bare: {bare.per_second:,.0f} req/s{_cpu(bare)}",
+                    against_bare,
                     compared.batch_ratios,
                 )
         tool = "wrk (1 thread)" if wrk else "Python threads (wrk unavailable)"

@@ -64,6 +64,10 @@ class Row:
     missing: str = ""
     #: The ratio of each round, when the row ran in rounds; ``ratio`` is then their median.
     rounds: list[float] = field(default_factory=list)
+    #: The row measuring the bound of this one in the same run: a floor (the least any
+    #: implementation of the row does) or a ceiling (the most it can reach). When the bound's own
+    #: median misses this row's target, the report says so (:meth:`Report.bound_notes`).
+    bound: Row | None = None
 
     def fill_rounds(self, ours: str, baseline: str, ratios: Sequence[float]) -> None:
         """A row measured in rounds: its ratio is their median, its spread their range."""
@@ -91,6 +95,37 @@ class Row:
     def cells(self) -> list[str]:
         ratio = (self.missing or "n/a") if self.ratio is None else _ratio(self.ratio)
         return [self.id, self.what, self.ours, self.baseline, ratio, self.spread, str(self.target or "—"), self.result]
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's CPU time so far, from ``/proc/stat`` (clock ticks, all cores): the time its
+    processes ran, and the time the hypervisor gave to other machines while they wanted to run
+    (*steal*). A virtual machine's figures move with its neighbours' load; steal shows it."""
+
+    busy: int
+    steal: int
+
+    @classmethod
+    def now(cls) -> CpuTimes | None:
+        """The times so far; ``None`` without ``/proc/stat``."""
+        try:
+            with open("/proc/stat") as stat:
+                fields = stat.readline().split()
+        except OSError:
+            return None
+        if len(fields) < 9 or fields[0] != "cpu":
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+        return cls(user + nice + system + irq + softirq, steal)
+
+    def steal_since(self, earlier: CpuTimes | None) -> float | None:
+        """The share of the CPU time wanted since ``earlier`` that the hypervisor took (steal over
+        run plus steal); ``None`` when unknown or when nothing ran."""
+        if earlier is None:
+            return None
+        busy, steal = self.busy - earlier.busy, self.steal - earlier.steal
+        return steal / (busy + steal) if busy + steal > 0 else None
 
 
 def median(values: Sequence[float]) -> float:
@@ -130,9 +165,25 @@ class Report:
 
     def render(self) -> str:
         parts = ["Machine: " + "; ".join(self.machine), "", table(self.rows)]
-        if self.notes:
-            parts += ["", *[f"- {note}" for note in self.notes]]
+        notes = [*self.notes, *self.bound_notes()]
+        if notes:
+            parts += ["", *[f"- {note}" for note in notes]]
         return "\n".join(parts)
+
+    def bound_notes(self) -> list[str]:
+        """A note for each row whose target lies past its bound's median: on this machine no
+        implementation doing the bound's work meets the target, whatever the row's own result."""
+        notes = []
+        for row in self.rows:
+            bound = row.bound
+            if row.target is None or bound is None or bound.ratio is None or row.target.met(bound.ratio):
+                continue
+            kind = "floor" if row.target.at_most else "ceiling"
+            notes.append(
+                f"{row.id}'s target ({row.target}) lies past its {kind} {bound.id} ({_ratio(bound.ratio)}) "
+                f"in this run: on this machine, even {bound.id}'s work alone misses the target."
+            )
+        return notes
 
 
 def machine(redis_url: str, load_at_start: float) -> list[str]:

@@ -21,7 +21,7 @@ import redis
 from . import at_exit, inprocess, serving, workers
 from .app import create_app
 from .console import bench_console
-from .measure import Report, Row, Target, chunks, machine, median, micros, percentile
+from .measure import CpuTimes, Report, Row, Target, chunks, machine, median, micros, percentile
 from .metrics import bench_metrics
 from .procs import ROOT, BenchError, free_port, gunicorn
 
@@ -91,6 +91,9 @@ class Run:
         self.report = Report([])
         self.load_at_start = os.getloadavg()[0]
         self.errors = 0
+        self.cpu_at_start = CpuTimes.now()
+        #: The share of each benchmark's CPU time the hypervisor took (its steal), by title.
+        self.steal: dict[str, float] = {}
         # Read by bench.effect in this process and in the workers it starts.
         os.environ["BENCH_REDIS_URL"] = redis_url
 
@@ -118,6 +121,7 @@ class Run:
         """Run one benchmark; if it fails, its rows say so and the run goes on."""
         print(f"[bench] {title}", file=sys.stderr, flush=True)
         started = time.perf_counter()
+        cpu = CpuTimes.now()
         try:
             body()
         except Exception as exc:
@@ -128,7 +132,12 @@ class Run:
                     row.missing = f"n/a (error: {type(exc).__name__})"
             self.report.notes.append(f"{title} failed: {exc}")
         self.report.rows.extend(rows)
-        print(f"[bench]   {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        after = CpuTimes.now()
+        steal = after.steal_since(cpu) if after is not None else None
+        if steal is not None:
+            self.steal[title] = steal
+        took = f"{time.perf_counter() - started:.1f} s" + ("" if steal is None else f", steal {steal:.1%}")
+        print(f"[bench]   {took}", file=sys.stderr, flush=True)
 
 
 def _cpu(load: serving.Load) -> str:
@@ -197,6 +206,7 @@ def bench_request(run: Run) -> None:
         "2d", "floor: request writing 10 events to the local log only (no lookup, validation, codec) vs none, p50"
     )
     work = _row("2c", "request logging 10 events, publish included, vs 10 raw `delay()`: work, p50", Target(0.20))
+    response.bound = floor
 
     def timed() -> None:
         config = run.config("request")
@@ -249,6 +259,7 @@ def bench_worker(run: Run) -> None:
         "ceiling: raw Celery, 1 task per 10 events (only their side effects), acks late and prefetch 1, "
         "vs 1 task per event",
     )
+    dedup.bound = no_dedup.bound = ceiling
     sizes = run.sizes
 
     def body() -> None:
@@ -303,6 +314,7 @@ def bench_ingest(run: Run) -> None:
     floor = _row(
         "4c", "floor: an endpoint that only reads and parses the JSON body and answers as the ingest does, vs bare"
     )
+    off.bound = on.bound = floor
     batches = _row(
         "4d",
         f"`POST /event/log` with batches of {serving.BATCH_EVENTS} events (the JS client's shape), rate limit off: "
@@ -448,6 +460,15 @@ def run_all(redis_url: str, sizes: Sizes, only: tuple[str, ...] = ALL, install: 
             "median meets the target but a round does not.",
         )
         run.report.machine = machine(redis_url, run.load_at_start)
+        at_end = CpuTimes.now()
+        steal = at_end.steal_since(run.cpu_at_start) if at_end is not None else None
+        if steal is not None:
+            worst = max(run.steal.items(), key=lambda item: item[1], default=None)
+            run.report.notes.append(
+                f"The hypervisor took {steal:.1%} of the CPU time this run wanted (steal, from /proc/stat)"
+                + ("" if worst is None else f'; the most in "{worst[0]}": {worst[1]:.1%}')
+                + ". Steal moves with the host's other machines: it makes rounds differ, which the spreads show."
+            )
         if run.load_at_start > 0.5 * (os.cpu_count() or 1):
             run.report.notes.append(
                 f"Other processes kept the machine busy (load average {run.load_at_start:.2f} on {os.cpu_count()} "

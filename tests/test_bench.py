@@ -12,7 +12,7 @@ import sys
 import pytest
 import redis
 
-from bench.measure import Row, Target, chunks, median, percentile, table
+from bench.measure import CpuTimes, Report, Row, Target, chunks, median, percentile, table
 from bench.suite import JS_CLIENT
 from tests.conftest import REDIS_URL, ROOT
 
@@ -64,6 +64,39 @@ def test_percentiles_and_results() -> None:
     assert [list(part) for part in chunks([1, 2, 3, 4, 5, 6, 7], 3)] == [[1, 2], [3, 4], [5, 6]]
 
 
+def test_a_target_past_its_bound_is_named() -> None:
+    floor = Row("2d", "floor", "", "", 1.173)
+    ceiling = Row("3c", "ceiling", "", "", 5.5)
+    rows = [
+        Row("2a", "time", "", "", 1.34, Target(1.15), bound=floor),
+        Row("3a", "rate", "", "", 3.5, Target(6.0, at_most=False), bound=ceiling),
+        # Bounds that leave room for the target: nothing to say, whatever the row's own result.
+        Row("4a", "rate", "", "", 0.8, Target(0.85, at_most=False), bound=Row("4c", "floor", "", "", 0.92)),
+        Row("2x", "time", "", "", 1.2, Target(1.15), bound=Row("2y", "floor", "", "", 1.10)),
+        floor,
+        ceiling,
+    ]
+    notes = Report([], rows).bound_notes()
+    assert notes == [
+        "2a's target (≤ 1.15) lies past its floor 2d (1.173) in this run: on this machine, even 2d's work "
+        "alone misses the target.",
+        "3a's target (≥ 6.00) lies past its ceiling 3c (5.500) in this run: on this machine, even 3c's work "
+        "alone misses the target.",
+    ]
+    assert notes[0] in Report(["a machine"], rows).render()
+    assert rows[0].result == "FAIL"  # the note explains a result; it does not change it
+
+
+def test_steal_is_the_share_of_wanted_cpu_time_the_hypervisor_took() -> None:
+    before = CpuTimes(busy=1000, steal=50)
+    assert CpuTimes(busy=1900, steal=150).steal_since(before) == 0.1
+    assert CpuTimes(busy=1000, steal=50).steal_since(before) is None  # nothing ran
+    assert CpuTimes(busy=1000, steal=50).steal_since(None) is None
+    now = CpuTimes.now()
+    if now is not None:  # Linux: the first line of /proc/stat
+        assert now.busy > 0 and now.steal >= 0
+
+
 @pytest.mark.worker
 @pytest.mark.parametrize(
     ("module", "expected"), [("bench", ROWS), ("bench.streams", STREAM_ROWS)], ids=["suite", "streams"]
@@ -94,6 +127,9 @@ def test_quick_run_prints_every_row_with_a_ratio(module: str, expected: list[str
         assert re.search(r"\d", ours) and re.search(r"\d", baseline), (row, ours, baseline)
         assert result in {"pass", "borderline", "FAIL", "info"}, (row, result)
         assert re.fullmatch(r"\S+ to \S+ \(\d+\)", spread) or (row == "5" and spread == "—"), (row, spread)
+    if module == "bench" and CpuTimes.now() is not None:
+        assert re.search(r"^- The hypervisor took \d+\.\d% of the CPU time this run wanted", done.stdout, re.M)
+        assert re.search(r"^\[bench\]   \d+\.\d s, steal \d+\.\d%$", done.stderr, re.M), done.stderr[-2000:]
     # The run deleted its queues and keys.
     run_id = re.search(r"\[bench\] run (\w+)", done.stderr)
     assert run_id is not None, done.stderr[-2000:]

@@ -180,6 +180,7 @@ class EventLib:
             backoff=float(conf[config.RETRY_BACKOFF]),
             backoff_max=float(conf[config.RETRY_BACKOFF_MAX]),
             dedup_ttl=float(conf[config.DEDUP_TTL]),
+            mark_interval=float(conf[config.DEDUP_MARK_INTERVAL]),
             claim_ttl=float(conf[config.CLAIM_TTL]),
             signal_sender=app,
             spans=spans,

@@ -91,6 +91,10 @@ class Runner:
     :param backoff_max: the longest wait between two attempts.
     :param dedup_ttl: seconds during which a handler that succeeded for an event id is not run
         again for the same id; 0 turns dedup off.
+    :param mark_interval: the longest time, in seconds, the dedup marks of a message's finished
+        events wait to be written together (what a worker killed mid-message may re-run besides
+        the handler it was in); 0 writes them after each event. All are written before the
+        message is acknowledged.
     :param signal_sender: the sender of the signals it sends (the Flask app).
     :param starts_ttl: seconds a start that never finished is remembered in the store: longer
         than the broker takes to redeliver a dead worker's message.
@@ -114,6 +118,7 @@ class Runner:
     backoff: float = 1.0
     backoff_max: float = 300.0
     dedup_ttl: float = 0.0
+    mark_interval: float = 0.0
     signal_sender: Any = None
     starts_ttl: float = 86_400.0
     claim_ttl: float = 0.0
@@ -216,6 +221,12 @@ class Runner:
         streaming = self._send_to_streams(decoded)
         results: list[HandlerResult] = []
         deferred: list[tuple[str, BaseEvent, str, float]] = []
+        # The marks (and claims to release) of finished events not written yet, and when the last
+        # write went: after a death every event is marked as it ends.
+        unmarked: dict[str, list[str]] = {}
+        unreleased: list[RunKey] = []
+        interval = 0.0 if died else self.mark_interval
+        marked_at = time.monotonic()
         try:
             for position, ((message, event), found) in enumerate(zip(decoded, calls, strict=True), 1):
                 event_id = event.id or ""
@@ -244,15 +255,26 @@ class Runner:
                     skip.add(label)
                 log_outcome(event, results[start:])
                 if self.dedup_ttl:
-                    # Marked per event, so a worker killed mid-message re-runs as little as possible;
-                    # the claims go in the same write, and the last event's write also forgets the
-                    # message's count (a round trip of its own only when that event has nothing to mark).
-                    # Sent without waiting for the store's answer but the last, which reads them all
-                    # before the message is acknowledged: the store has each write before the next
-                    # event runs, and the message costs one round trip more than its begin.
+                    # Marked once `mark_interval` has passed since the last write, so a worker killed
+                    # mid-message re-runs little: the handlers of that interval and the one it was in
+                    # (a slow handler's event is marked as it ends). The claims go in the same write,
+                    # and the last event's write also forgets the message's count (a round trip of its
+                    # own only when there is nothing to mark). Sent without waiting for the store's
+                    # answer but the last, which reads them all before the message is acknowledged.
+                    unmarked[event_id] = [*unmarked.get(event_id, ()), *succeeded]
+                    if claims:
+                        unreleased += ran
                     last = position == len(decoded)
-                    release = ran if claims else []
-                    self._finish(keys if last else [], {event_id: succeeded}, release, owner, wait=last)
+                    now = time.monotonic() if not last else 0.0
+                    if last or now - marked_at >= interval:
+                        self._finish(keys if last else [], unmarked, unreleased, owner, wait=last)
+                        unmarked, unreleased, marked_at = {}, [], now
+        except BaseException:
+            if unmarked or unreleased:
+                # An exception escaped (not a handler's: those are caught): what finished is
+                # marked all the same, so a redelivery does not run it again.
+                self._finish([], unmarked, unreleased, owner, wait=True)
+            raise
         finally:
             if claims:
                 # An exception that escaped (not a handler's: those are caught) leaves claims

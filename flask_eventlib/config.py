@@ -314,12 +314,14 @@ RETRY_BACKOFF_MAX = setting("EVENTLIB_RETRY_BACKOFF_MAX", 300.0, number())
 #: Seconds during which a handler that succeeded for an event id is not run again for a
 #: redelivery or a client retry of the same id; ``0`` turns dedup off. Default ``86400``.
 DEDUP_TTL = setting("EVENTLIB_DEDUP_TTL", 86_400, number())
-#: The longest time, in seconds, a worker keeps the dedup marks of a message's finished events
-#: before writing them to the store: the events that finish within it share one write. A worker
-#: killed mid-message re-runs at most the handlers that finished in its last interval, besides the
-#: one it was in; a handler that takes longer is marked as soon as it ends. ``0``: a write after
-#: every event. Every mark is written before the message is acknowledged. Default ``0.005``.
-DEDUP_MARK_INTERVAL = setting("EVENTLIB_DEDUP_MARK_INTERVAL", 0.005, number())
+#: The longest time, in seconds, a worker may keep the dedup marks of a message's finished events
+#: before writing them to the store, so that the events finishing within it share one write
+#: (fewer round trips for fast handlers). The price: a worker killed mid-message (SIGKILL, OOM, a
+#: handler that kills it) re-runs the handlers that finished in its last interval, besides the one
+#: it was in. A handler that takes longer is marked as soon as it ends, and every mark is written
+#: before the message is acknowledged. Default ``0``: a write after every event, so only the
+#: handler cut off runs again.
+DEDUP_MARK_INTERVAL = setting("EVENTLIB_DEDUP_MARK_INTERVAL", 0, number())
 #: Seconds a worker's claim on a handler it is about to run lasts, renewed every third of it
 #: while the handler runs, so that two deliveries of the same event at the same moment do not
 #: both run it; a crashed worker's claims end with it. With dedup only; ``0`` turns claims off.

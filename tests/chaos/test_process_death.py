@@ -12,6 +12,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ import redis
 
 from flask_eventlib import flush
 from flask_eventlib.state import state_of
+from flask_eventlib.store import store_from_url
 from tests.chaos.conftest import CHAOS_EVENTS
 from tests.conftest import (
     REDIS_URL,
@@ -223,8 +225,49 @@ def settle(run: Run, ids: list[str], what: str) -> dict[str, int]:
             lambda: (found := run.runs()) and wanted <= set(found) and found, timeout=60, what=f"every event of {what}"
         )
     except pytest.fail.Exception:
-        missing = len(wanted - set(run.runs()))
-        pytest.fail(f"{missing} of the {len(wanted)} events of {what} were never handled (lost)")
+        missing = wanted - set(run.runs())
+        pytest.fail(
+            f"{len(missing)} of the {len(wanted)} events of {what} were never handled (lost); "
+            f"where they are: {whereabouts(run, missing)}"
+        )
+
+
+def whereabouts(run: Run, missing: set[str]) -> str:
+    """Where events that never ran can be found: a segment file (and who holds its lock, from
+    /proc/locks), the spool, the queue, the dead letters; for a failure's message."""
+    found: list[str] = []
+    holders: dict[int, list[str]] = {}
+    with open("/proc/locks") as locks:
+        for line in locks:  # "1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF"
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK":
+                holders.setdefault(int(fields[5].rsplit(":", 1)[1]), []).append(fields[4])
+    folder = Path(os.path.splitext(run.spool_path)[0] + "-log")
+    for segment in sorted(folder.iterdir()) if folder.exists() else []:
+        data = segment.read_bytes()
+        hits = sum(1 for event_id in missing if event_id.encode() in data)
+        if hits:
+            header = data[:32].decode(errors="replace").strip()
+            locked = holders.get(segment.stat().st_ino, [])
+            found.append(f"{hits} in {segment.name} ({header!r}, locked by {locked or 'no one'})")
+    if os.path.exists(run.spool_path):
+        with sqlite3.connect(run.spool_path) as spool:
+            rows = [
+                str(row)
+                for table in spool.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                for row in spool.execute(f"SELECT * FROM {table[0]}")
+            ]
+        hits = sum(1 for event_id in missing if any(event_id in row for row in rows))
+        if hits:
+            found.append(f"{hits} in the spool")
+    queued = run.redis.lrange(run.queue, 0, -1)
+    hits = sum(1 for event_id in missing if any(event_id.encode() in message for message in queued))
+    if hits:
+        found.append(f"{hits} in the queue")
+    letters = {letter.event_id for letter in store_from_url(run.store_url).dead_letters()}
+    if missing & letters:
+        found.append(f"{len(missing & letters)} dead-lettered")
+    return "; ".join(found) or "in no segment, spool, queue or dead letter"
 
 
 def assert_each_ran_once(ids: list[str], runs: dict[str, int]) -> None:

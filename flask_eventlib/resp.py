@@ -11,8 +11,10 @@ between commands and checks it only after it sat idle.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from .forks import this_process
@@ -94,3 +96,36 @@ def usable(conn: Any) -> bool:
         return not conn.can_read()
     except Exception:  # redis-py raises its ConnectionError for a closed one
         return False
+
+
+# -- fork safety ----------------------------------------------------------------------------------
+
+
+def fork_safe(client: Any) -> Any:
+    """Register a redis-py client made here, so that a forked child can use it; return it.
+
+    A child's first use of a pool makes the pool reset itself for the new process, and redis-py
+    8 does so holding the pool's lock. That lock is the parent's as it was at the fork: when
+    another thread of the parent was inside the pool then (the sender's thread of a gunicorn
+    master with ``--preload``, recovering a dead worker's events while the master forks the next
+    worker), the child waits for it forever, and its events wait in its local log. So a child gets
+    a fresh lock for each registered pool, before any of its threads can take it.
+    """
+    _pools.add(client.connection_pool)
+    return client
+
+
+#: The connection pools of the clients made through :func:`fork_safe`.
+_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        for name in ("_lock", "_fork_lock"):  # redis-py's names; a release without them needs nothing
+            held = getattr(pool, name, None)
+            if held is not None:
+                setattr(pool, name, threading.RLock() if isinstance(held, _RLOCK) else threading.Lock())
+
+
+_RLOCK = type(threading.RLock())
+os.register_at_fork(after_in_child=_after_fork_in_child)

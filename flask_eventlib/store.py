@@ -350,7 +350,7 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "eventlib:") -> None:
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        self.client = resp.fork_safe(redis.Redis.from_url(url))
         self.prefix = prefix
         self._no_script = redis.exceptions.NoScriptError
         self._answer_error = redis.exceptions.ResponseError

@@ -179,7 +179,7 @@ class StreamPublisher:
         self.max_age = max_age
         self.dedup_ttl = dedup_ttl
         self.prefix = prefix
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.client = resp.fork_safe(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout))
         self.no_script = redis.exceptions.NoScriptError
         #: Per event name: its streams, and its name as an argument of the script.
         self._names: dict[str, tuple[tuple[str, ...], bytes]] = {}

@@ -298,7 +298,7 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
     options.pop("visibility_timeout", None)  # the workers' setting, not the client's
     options.setdefault("socket_timeout", timeout)
     options.setdefault("socket_connect_timeout", timeout)
-    client = redis.Redis.from_url(url, retry=None, **options)
+    client = resp.fork_safe(redis.Redis.from_url(url, retry=None, **options))
     kept = resp.KeptConnection(client)
     origins: dict[int, str] = {}  # a forked child's tasks name it as their origin
 

@@ -119,6 +119,9 @@ def fork_safe(client: Any) -> Any:
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+_RLOCK = type(threading.RLock())
+
+
 def _after_fork_in_child() -> None:
     for pool in list(_pools):
         for name in ("_lock", "_fork_lock"):  # redis-py's names; a release without them needs nothing
@@ -127,5 +130,4 @@ def _after_fork_in_child() -> None:
                 setattr(pool, name, threading.RLock() if isinstance(held, _RLOCK) else threading.Lock())
 
 
-_RLOCK = type(threading.RLock())
 os.register_at_fork(after_in_child=_after_fork_in_child)

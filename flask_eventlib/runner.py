@@ -265,10 +265,11 @@ class Runner:
                     if claims:
                         unreleased += ran
                     last = position == len(decoded)
-                    now = time.monotonic() if not last else 0.0
-                    if last or now - marked_at >= interval:
+                    if last or not interval or time.monotonic() - marked_at >= interval:
                         self._finish(keys if last else [], unmarked, unreleased, owner, wait=last)
-                        unmarked, unreleased, marked_at = {}, [], now
+                        unmarked, unreleased = {}, []
+                        if interval:  # no clock read per event with the default (a write an event)
+                            marked_at = time.monotonic()
         except BaseException:
             if unmarked or unreleased:
                 # An exception escaped (not a handler's: those are caught): what finished is

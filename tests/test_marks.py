@@ -28,20 +28,11 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.writes: list[dict[str, list[str]]] = []
 
-    def finish(
-        self,
-        keys: Iterable[RunKey],
-        marks: Mapping[str, Iterable[str]],
-        ttl: float,
-        *,
-        release: Iterable[RunKey] = (),
-        owner: str = "",
-        wait: bool = True,
-    ) -> None:
+    def finish(self, keys: Iterable[RunKey], marks: Mapping[str, Iterable[str]], ttl: float, **options: Any) -> None:
         marks = {event_id: list(handlers) for event_id, handlers in marks.items()}
         if any(marks.values()):
             self.writes.append(marks)
-        super().finish(keys, marks, ttl, release=release, owner=owner, wait=wait)
+        super().finish(keys, marks, ttl, **options)
 
 
 def runner(registry: Registry, codec: Codec, store: MemoryStore, interval: float) -> Runner:

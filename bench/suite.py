@@ -323,9 +323,15 @@ def bench_ingest(run: Run) -> None:
     off = _row("4a", "`POST /event/log` req/s vs a bare 204 endpoint, rate limit off", Target(0.85, at_most=False))
     on = _row("4b", "`POST /event/log` req/s vs a bare 204 endpoint, rate limit on", Target(0.85, at_most=False))
     floor = _row(
-        "4c", "floor: an endpoint that only reads and parses the JSON body and answers as the ingest does, vs bare"
+        "4c",
+        "floor of a view: a Flask view that only reads and parses the JSON body and answers as the ingest does, "
+        "vs bare",
     )
-    off.bound = on.bound = floor
+    viewed = _row(
+        "4e",
+        "`POST /event/log` through Flask's dispatch (`EVENTLIB_HTTP_THROUGH_FLASK`: the view), rate limit on, vs bare",
+    )
+    viewed.bound = floor  # the front door (4a, 4b) skips the Flask dispatch that the floor 4c pays
     batches = _row(
         "4d",
         f"`POST /event/log` with batches of {serving.BATCH_EVENTS} events (the JS client's shape), rate limit off: "
@@ -335,14 +341,18 @@ def bench_ingest(run: Run) -> None:
     def body() -> None:
         probe, _ = create_app(**run.config("probe"))
         if "eventlib.log" not in probe.view_functions:
-            for row in (off, on, floor, batches):
+            for row in (off, on, floor, batches, viewed):
                 row.missing = "n/a (no /event/log)"
             return
         wrk = serving.ensure_wrk(run.install)
         connections = 4
-        for row, limit in ((off, None), (on, HIGH_RATE_LIMIT)):
-            name = "ingest-limited" if limit else "ingest"
-            config = run.config(name, EVENTLIB_RATE_LIMIT=limit)
+        for row, limit, through_flask in (
+            (off, None, False),
+            (on, HIGH_RATE_LIMIT, False),
+            (viewed, HIGH_RATE_LIMIT, True),
+        ):
+            name = "ingest-view" if through_flask else "ingest-limited" if limit else "ingest"
+            config = run.config(name, EVENTLIB_RATE_LIMIT=limit, EVENTLIB_HTTP_THROUGH_FLASK=through_flask)
             posted = serving.ingest_body(config["BENCH_KEY"])
             port = free_port()
             with gunicorn(port, run.folder / f"gunicorn-{name}.log", config, workers=2) as server:
@@ -381,12 +391,14 @@ def bench_ingest(run: Run) -> None:
             f"{run.sizes.load_seconds:g} s per endpoint in {run.sizes.load_rounds} alternating rounds (the ratio is "
             "the median of the rounds' ratios; CPU/req is the gunicorn workers' CPU time per request, which "
             "other processes on the machine disturb less than the rate); each POST carries one event "
-            '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin); 4c runs on 4a\'s server, '
-            "between each bare round and its ingest round; 4d on the same server, after each ingest round, "
-            f'posting {serving.BATCH_EVENTS} such events at a time as `{{"events": [...]}}`.'
+            '(`{"event": "bench.Ping", "data": {...}}`, application/json, no Origin); 4a, 4b and 4d are answered '
+            "by the front door, in front of Flask's dispatch (the default); 4e by the view, through Flask, on a "
+            "server of its own; 4c runs on 4a's server, between each bare round and its ingest round; 4d on the "
+            f"same server, after each ingest round, posting {serving.BATCH_EVENTS} such events at a time as "
+            '`{"events": [...]}`.'
         )
 
-    run.step("4. ingest throughput (gunicorn + load generator)", [off, on, floor, batches], body)
+    run.step("4. ingest throughput (gunicorn + load generator)", [off, on, floor, batches, viewed], body)
 
 
 def bench_js(run: Run) -> None:

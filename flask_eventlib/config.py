@@ -381,6 +381,12 @@ STREAMS_MAX_AGE = setting("EVENTLIB_STREAMS_MAX_AGE", None, _optional_seconds)
 HTTP_ENABLED = setting("EVENTLIB_HTTP_ENABLED", True, boolean)
 #: URL prefix of the browser endpoint. Default ``"/event"`` (the endpoint is ``/event/log``).
 URL_PREFIX = setting("EVENTLIB_URL_PREFIX", "/event", _url_prefix)
+#: Answer the browser endpoint through Flask's dispatch, as a view: the app's ``before_request``
+#: and ``after_request`` hooks, its session and extensions (CSRFProtect, Flask-Limiter, Flask-Login)
+#: then apply to it, and the events' ``clean()`` can read ``flask.request``. Default ``False``: a
+#: front door in front of Flask answers it, in the app's context but without a request context,
+#: at about the cost of a bare Flask view (see "Logging from the browser" in the README).
+HTTP_THROUGH_FLASK = setting("EVENTLIB_HTTP_THROUGH_FLASK", False, boolean)
 #: The most events in one request to the browser endpoint. Default ``50``.
 MAX_BATCH = setting("EVENTLIB_MAX_BATCH", 50, integer(minimum=1))
 #: The largest body (and query string), in bytes, the browser endpoint reads. Default ``65536``.

@@ -323,3 +323,35 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("chaos figures")
         for line in REPORT:
             terminalreporter.write_line(line)
+
+
+#: Makes the sample app with extra settings (``make_door_app``, ``make_view_app``).
+AppFactory = Callable[..., Flask]
+
+
+def app_factory(records: Records, through_flask: bool) -> AppFactory:
+    """The sample app in eager mode, recording into ``records``, with its browser endpoint at the
+    front door or (``through_flask``) answered by the view, through Flask's dispatch."""
+
+    def make(eventlib: Any = None, **config: Any) -> Flask:
+        settings = {
+            "EVENTLIB_ALWAYS_EAGER": True,
+            "EVENTLIB_BROKER_URL": "memory://",
+            "EVENTLIB_HTTP_THROUGH_FLASK": through_flask,
+            **config,
+        }
+        return create_app(eventlib, SAMPLE_RECORD_KEY=records.key, **settings)
+
+    return make
+
+
+@pytest.fixture
+def make_view_app(records: Records) -> AppFactory:
+    """The sample app with the browser endpoint answered through Flask's dispatch, by the view."""
+    return app_factory(records, through_flask=True)
+
+
+@pytest.fixture
+def make_door_app(records: Records) -> AppFactory:
+    """The sample app with the browser endpoint answered at the front door (the default)."""
+    return app_factory(records, through_flask=False)

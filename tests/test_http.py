@@ -15,7 +15,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,23 +29,17 @@ from werkzeug.test import TestResponse
 from flask_eventlib import ConfigurationError, EventLib, log
 from flask_eventlib.ingest import blueprint
 from flask_eventlib.publishers import Capture
-from tests.conftest import REDIS_URL, Records, Worker
+from tests.conftest import REDIS_URL, AppFactory, Records, Worker, app_factory
 from tests.faults import silent_server
-from tests.sample import create_app
 
 ERROR_KEYS = {"status", "code", "message", "index", "event", "id", "details"}
-AppFactory = Callable[..., Flask]
 
 
-@pytest.fixture
-def make_app(records: Records) -> AppFactory:
-    """The sample app in eager mode, with extra settings."""
-
-    def make(eventlib: EventLib | None = None, **config: Any) -> Flask:
-        settings = {"EVENTLIB_ALWAYS_EAGER": True, "EVENTLIB_BROKER_URL": "memory://", **config}
-        return create_app(eventlib, SAMPLE_RECORD_KEY=records.key, **settings)
-
-    return make
+@pytest.fixture(params=["door", "view"])
+def make_app(records: Records, request: pytest.FixtureRequest) -> AppFactory:
+    """The sample app in eager mode, with extra settings; each test runs with both ways in: the
+    front door (the default) and the view (``EVENTLIB_HTTP_THROUGH_FLASK``)."""
+    return app_factory(records, through_flask=request.param == "view")
 
 
 @pytest.fixture
@@ -233,7 +226,7 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
     ("repeated-param", query(f"{PAGE_VIEW}&a=1&a=2"), 400, "invalid_request"),
     ("repeated-name", query(f"{PAGE_VIEW}&__event__=web.Internal"), 400, "invalid_request"),
     ("query-and-body", {**query(), **doc({"event": "web.PageView"})}, 400, "invalid_request"),
-    ("files", {"data": {"__event__": "web.PageView", "f": (io.BytesIO(b"x"), "f.txt")}}, 400, "invalid_request"),
+    ("files", {"data": {"__event__": "web.PageView", "f": (b"x", "f.txt")}}, 400, "invalid_request"),
     ("batch-not-list", doc({"events": {"event": "web.PageView"}}), 400, "invalid_request"),
     ("batch-empty", doc({"events": []}), 400, "invalid_request"),
     ("batch-extra-key", doc({"events": [{"event": "web.PageView"}], "event": "web.PageView"}), 400, "invalid_request"),
@@ -264,8 +257,18 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
 def test_refusals(
     client: FlaskClient, records: Records, request_kwargs: dict[str, Any], status: int, code: str
 ) -> None:
-    document = refused(client.post("/event/log", **request_kwargs), status, code, records)
+    document = refused(client.post("/event/log", **with_files(request_kwargs)), status, code, records)
     assert document["errors"][0]["message"]
+
+
+def with_files(request_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request's arguments with each ``(bytes, filename)`` of its form a file the test client
+    can read (and close): a fresh one for each run of a parametrized test."""
+    data = request_kwargs.get("data")
+    if not isinstance(data, dict):
+        return request_kwargs
+    files = {key: (io.BytesIO(value[0]), value[1]) for key, value in data.items() if isinstance(value, tuple)}
+    return {**request_kwargs, "data": {**data, **files}}
 
 
 def test_an_unknown_event_gets_no_did_you_mean_which_could_name_a_private_event(
@@ -580,8 +583,8 @@ def test_server_code_may_still_log_private_events(client: FlaskClient, records: 
     assert records.handlers_for(event_id) == ["Internal.store"]
 
 
-def test_csrfprotect_with_the_endpoint_exempted(make_app: AppFactory, records: Records) -> None:
-    app = make_app(SECRET_KEY="test")
+def test_csrfprotect_with_the_endpoint_exempted(make_view_app: AppFactory, records: Records) -> None:
+    app = make_view_app(SECRET_KEY="test")
     csrf = CSRFProtect(app)
     app.add_url_rule("/form", "form", lambda: "ok", methods=["POST"])
     client = app.test_client()
@@ -753,8 +756,8 @@ def test_the_memory_rate_limit_opens_a_window_at_a_clients_first_hit_and_stays_b
 # -- a body of plain Content-Length, read straight from the server's stream ---------------------
 
 
-def test_the_app_can_still_read_the_body_the_endpoint_read(make_app: AppFactory, records: Records) -> None:
-    app = make_app()
+def test_the_app_can_still_read_the_body_the_endpoint_read(make_view_app: AppFactory, records: Records) -> None:
+    app = make_view_app()
     seen: list[bytes] = []
 
     @app.after_request
@@ -771,8 +774,8 @@ def test_the_app_can_still_read_the_body_the_endpoint_read(make_app: AppFactory,
 
 
 @pytest.mark.parametrize("reads", ["data", "form", "stream"])
-def test_a_body_an_app_hook_read_first_is_still_read(make_app: AppFactory, records: Records, reads: str) -> None:
-    app = make_app()
+def test_a_body_an_app_hook_read_first_is_still_read(make_view_app: AppFactory, records: Records, reads: str) -> None:
+    app = make_view_app()
 
     @app.before_request
     def read_first() -> None:

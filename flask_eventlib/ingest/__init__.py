@@ -1,5 +1,7 @@
-"""The browser's front door, ``POST /event/log``: a Flask-free parser, the error model, the guards
-(origin, rate), the settings, and the view, the only one of them that imports Flask.
+"""The browser's endpoint, ``POST /event/log``: a Flask-free parser, the error model, the guards
+(origin, rate), the settings, and the answer of one request (Werkzeug's request, no Flask); then
+its two ways in, the only modules of them that import Flask: the front door (a WSGI middleware in
+front of Flask's dispatch, the default) and the blueprint's view (``EVENTLIB_HTTP_THROUGH_FLASK``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ class HttpSettings:
     limiter: RateLimit | None
     #: Where the blueprint is mounted (``EVENTLIB_URL_PREFIX``); ``""`` for the root.
     url_prefix: str = ""
+    #: Answer the endpoint through Flask's dispatch rather than at the front door
+    #: (``EVENTLIB_HTTP_THROUGH_FLASK``).
+    through_flask: bool = False
 
 
 def settings_from_config(conf: Mapping[str, Any]) -> HttpSettings:
@@ -56,6 +59,7 @@ def settings_from_config(conf: Mapping[str, Any]) -> HttpSettings:
         allowed_origins=frozenset(allowed),
         limiter=_create_limiter(conf),
         url_prefix=prefix,
+        through_flask=bool(conf[config.HTTP_THROUGH_FLASK]),
     )
 
 

@@ -8,6 +8,7 @@ pages load the JS client the way users do: ``{{ eventlib_script() }}``, i.e. the
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, render_template_string, request
+from flask import Flask, render_template_string
 from werkzeug.serving import make_server
 
 from tests.conftest import REDIS_URL, Records, start_worker, stop_process, wait_worker_ready
@@ -102,6 +103,29 @@ def serve(app: Flask) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{server.server_port}", stop
 
 
+class _KeepRequests:
+    """WSGI middleware keeping the headers and the body of each request to ``path``."""
+
+    def __init__(self, wsgi_app: Any, path: str, kept: list[tuple[dict[str, str], bytes]]) -> None:
+        self.wsgi_app, self.path, self.kept = wsgi_app, path, kept
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == self.path:
+            length = environ.get("CONTENT_LENGTH")
+            stream = environ["wsgi.input"]
+            body = (
+                stream.read(int(length)) if length else stream.read() if environ.get("wsgi.input_terminated") else b""
+            )
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            headers = {
+                key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")
+            }
+            self.kept.append((headers, body))
+        return self.wsgi_app(environ, start_response)
+
+
 @pytest.fixture(scope="session")
 def site(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     queue = f"eventlib-e2e-{uuid.uuid4().hex[:8]}"
@@ -116,11 +140,9 @@ def site(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) ->
         SAMPLE_RECORD_KEY=record_key,
     )
     requests: list[tuple[dict[str, str], bytes]] = []
-
-    @app.before_request
-    def keep_request() -> None:
-        if request.endpoint == "eventlib.log":
-            requests.append((dict(request.headers), request.get_data(cache=True)))
+    # Kept by a middleware around the app, as the endpoint's front door sees them (the app's own
+    # request hooks do not run for the endpoint).
+    app.wsgi_app = _KeepRequests(app.wsgi_app, "/event/log", requests)  # type: ignore[method-assign]
 
     app.add_url_rule("/e2e/page", "e2e_page", lambda: render_template_string(PAGE))
     app.add_url_rule("/e2e/landing", "e2e_landing", lambda: LANDING)

@@ -30,3 +30,33 @@ class Broken(BaseEvent):
     @handler
     def store(self) -> None:
         record("Broken.store", self)
+
+
+class FromApp(BaseEvent):
+    """A public event whose ``clean()`` reads the app's config: the front door runs it in the app's context."""
+
+    public = True
+
+    def clean(self) -> None:
+        from flask import current_app
+
+        self.data["tag"] = current_app.config["SAMPLE_TAG"]
+
+    @handler
+    def store(self) -> None:
+        record("FromApp.store", self)
+
+
+class FromRequest(BaseEvent):
+    """A public event whose ``clean()`` reads ``flask.request``: only the view (through Flask) has one."""
+
+    public = True
+
+    def clean(self) -> None:
+        from flask import request
+
+        self.data["tag"] = request.headers.get("X-Tag", "")
+
+    @handler
+    def store(self) -> None:
+        record("FromRequest.store", self)

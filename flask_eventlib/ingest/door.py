@@ -29,21 +29,19 @@ from typing import Any
 
 from flask import Flask
 from flask.signals import got_request_exception
+from werkzeug.exceptions import InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Request
 
 from ..state import EXTENSION_KEY, EventLibState
-from .answer import Answer, Incoming, answer, limit_body, method_not_allowed, refusal
-from .errors import CODES, Problem, Refused
+from .answer import Answer, Incoming, answer, http_error, limit_body, method_not_allowed, refusal
+from .errors import Refused
 from .settings import HttpSettings
 
 logger = logging.getLogger("flask_eventlib")
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-#: The status lines of the answers, as Werkzeug writes them.
-_STATUS = {code: f"{code} {HTTP_STATUS_CODES[code].upper()}" for code in (*CODES, 202)}
 
 
 def install(app: Flask, settings: HttpSettings) -> None:
@@ -81,20 +79,20 @@ class FrontDoor:
         if environ.get("PATH_INFO") != self.path:
             return self.wsgi_app(environ, start_response)
         app = self.app
-        state: EventLibState = app.extensions[EXTENSION_KEY]
-        settings = self.settings
         method = environ.get("REQUEST_METHOD")
         with app.app_context():
             try:
-                result = self._answer(state, settings, environ, method)
+                result = self._answer(app.extensions[EXTENSION_KEY], environ, method)
             except Exception as exc:
-                result = self._failed(exc, settings, environ, method)
+                result = self._failed(exc, environ, method)
         headers = result.headers
         headers.append(("Content-Length", str(len(result.body))))
-        start_response(_STATUS[result.status], headers)
+        # The status line as Werkzeug writes it.
+        start_response(f"{result.status} {HTTP_STATUS_CODES.get(result.status, 'UNKNOWN').upper()}", headers)
         return [] if method == "HEAD" else [result.body]
 
-    def _answer(self, state: EventLibState, settings: HttpSettings, environ: dict[str, Any], method: Any) -> Answer:
+    def _answer(self, state: EventLibState, environ: dict[str, Any], method: Any) -> Answer:
+        settings = self.settings
         if method != "POST":
             return method_not_allowed(settings, environ)
         try:
@@ -114,7 +112,7 @@ class FrontDoor:
         request.max_content_length = self.settings.max_content_length
         return request
 
-    def _failed(self, exc: Exception, settings: HttpSettings, environ: dict[str, Any], method: Any) -> Answer:
+    def _failed(self, exc: Exception, environ: dict[str, Any], method: Any) -> Answer:
         """An error no answer was made for (a bug in a ``clean()``), as Flask treats one in a view:
         ``got_request_exception`` is sent (error trackers listen to it), the error propagates
         in testing and debug mode (``PROPAGATE_EXCEPTIONS``), and otherwise it is logged with its
@@ -133,5 +131,4 @@ class FrontDoor:
                 "EVENTLIB_HTTP_THROUGH_FLASK = True for the events' clean() to use flask.request)"
             )
         app.logger.error("Exception on %s [%s]%s", environ.get("PATH_INFO"), method, hint, exc_info=exc)
-        problem = Problem(500, CODES[500], "The server failed to log the events; the error is in its log.")
-        return refusal(problem, None, settings, environ)
+        return http_error(InternalServerError(), self.settings, environ)  # the view's 500, as Flask makes it

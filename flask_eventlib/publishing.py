@@ -51,6 +51,9 @@ class Sender:
     :param local_log: where ``log()`` wrote the events it submits (:mod:`flask_eventlib.locallog`);
         the sender releases them there once the broker or the spool has them, and every
         ``recover_interval`` seconds sends the events dead processes left in it.
+    :param recover_interval: seconds between two looks for what other processes left behind:
+        dead processes' events in the local log, and events in the spool (shared by the
+        processes of a machine) that the process that put them there did not send.
     :param signal_sender: the sender of the signals it sends (the Flask app).
     :param tick: called from the thread with the sender about every ``tick_interval`` seconds
         (the console's figures: a heartbeat and a batch of counts); it must not block for long.
@@ -262,11 +265,13 @@ class Sender:
 
     def _step(self) -> None:
         timeout = self.retry_interval if self._needs_retry() else None
-        if self.local_log is not None:
+        if self.local_log is not None or self.spool is not None:
             now = time.monotonic()
             if now >= self._next_recover:
                 self._next_recover = now + self.recover_interval
-                self._recover()
+                if self.local_log is not None:
+                    self._recover()
+                self._look_at_spool()
             timeout = min(timeout or self.recover_interval, self.recover_interval)
         if self.tick is not None:
             now = time.monotonic()
@@ -351,6 +356,24 @@ class Sender:
             self.local_log.recover(self.submit, self.max_batch)
         except Exception:
             logger.exception("flask-eventlib: recovering the local log %s failed", self.local_log.folder)
+
+    def _look_at_spool(self) -> None:
+        """Drain what another process left in the shared spool: one that died before it could
+        (a SIGKILL a moment after its broker timed out), or one that cannot reach the broker
+        while this one can. Without this look, such events would wait for a process to start.
+        Each batch is claimed in a transaction, so processes draining together send each once."""
+        if self.spool is None or self._needs_retry() or not self._spool_usable():
+            return  # draining already, or resting a spool that failed
+        try:
+            found = self.spool.pending()
+        except SpoolError as exc:
+            self._spool_failed(exc)
+            return
+        if found:
+            logger.info(
+                "flask-eventlib: sending the %d events another process left in the spool %s", found, self.spool.path
+            )
+            self._spool_dirty = True
 
     def _has_backlog(self) -> bool:
         """Events wait for a broker that failed: new ones queue up behind them, in order."""

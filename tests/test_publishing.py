@@ -465,6 +465,34 @@ def test_with_a_broken_spool_and_the_broker_down_events_wait_in_memory_and_are_s
     assert published == [f"m{n}" for n in range(8)]
 
 
+def test_what_a_process_that_died_left_in_the_spool_is_sent_by_one_already_running(tmp_path: Path) -> None:
+    # A process whose broker timed out put its events in the shared spool, then was SIGKILLed
+    # before it could send them; the processes already running must not wait for a new one.
+    path = str(tmp_path / "s.sqlite3")
+    published: list[str] = []
+    live = Sender(published.extend, spool=Spool(path), recover_interval=0.05)
+    live.submit(["first"])
+    assert live.flush(5) and published == ["first"]  # its thread runs, and found the spool empty
+    dying = (
+        "import os, signal, sys\n"
+        "from flask_eventlib.publishing import Sender\n"
+        "from flask_eventlib.spool import Spool\n"
+        "def send(batch):\n"
+        "    raise TimeoutError('the broker did not answer in time')\n"
+        "sender = Sender(send, spool=Spool(sys.argv[1]))\n"
+        "sender.submit(['left-1', 'left-2'])\n"
+        "sender.submit(['left-3'])\n"
+        "assert sender.flush(5)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", dying, path], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert died.returncode == -9, died.stderr
+    wait_for(lambda: len(published) >= 4, timeout=10, what="the live sender to send the dead process's events")
+    assert sorted(published[1:]) == ["left-1", "left-2", "left-3"] and Spool(path).pending() == 0
+    live.submit(["after"])
+    assert live.flush(5) and published[-1] == "after" and len(published) == 5
+
+
 def test_a_sender_thread_that_stops_is_replaced_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
     class Fatal(BaseException):
         """Not an Exception: what would end a thread that only catches Exception."""

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -236,6 +237,7 @@ def whereabouts(run: Run, missing: set[str]) -> str:
     """Where events that never ran can be found: a segment file (and who holds its lock, from
     /proc/locks), the spool, the queue, the dead letters; for a failure's message."""
     found: list[str] = []
+    stacks: set[str] = set()  # the live processes holding such a segment: their threads' stacks
     holders: dict[int, list[str]] = {}
     with open("/proc/locks") as locks:
         for line in locks:  # "1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF"
@@ -245,11 +247,17 @@ def whereabouts(run: Run, missing: set[str]) -> str:
     folder = Path(os.path.splitext(run.spool_path)[0] + "-log")
     for segment in sorted(folder.iterdir()) if folder.exists() else []:
         data = segment.read_bytes()
-        hits = sum(1 for event_id in missing if event_id.encode() in data)
-        if hits:
-            header = data[:32].decode(errors="replace").strip()
+        header = data[:32].decode(errors="replace").strip()
+        watermark = int(header.rsplit(" ", 1)[1]) if header[-16:].isdigit() else 0
+        unsent = sum(1 for event_id in missing if event_id.encode() in data[watermark:])
+        released = sum(1 for event_id in missing if event_id.encode() in data[:watermark])
+        if unsent or released:
             locked = holders.get(segment.stat().st_ino, [])
-            found.append(f"{hits} in {segment.name} ({header!r}, locked by {locked or 'no one'})")
+            found.append(
+                f"{unsent} unsent and {released} released (the broker or the spool took them) in {segment.name} "
+                f"({header!r}, locked by {locked or 'no one'})"
+            )
+            stacks.update(locked)
     if os.path.exists(run.spool_path):
         with sqlite3.connect(run.spool_path) as spool:
             rows = [
@@ -267,7 +275,28 @@ def whereabouts(run: Run, missing: set[str]) -> str:
     letters = {letter.event_id for letter in store_from_url(run.store_url).dead_letters()}
     if missing & letters:
         found.append(f"{len(missing & letters)} dead-lettered")
-    return "; ".join(found) or "in no segment, spool, queue or dead letter"
+    said = ""
+    log_path = run.tmp_path / "gunicorn.log"
+    if stacks and log_path.exists():  # what the app's processes said, latest last, each once
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if "recovering" not in line]
+        said = "\nthe app's processes said, last:\n" + "\n".join(list(dict.fromkeys(reversed(lines)))[:20][::-1])
+    return (
+        ("; ".join(found) or "in no segment, spool, queue or dead letter")
+        + said
+        + "".join(map(stack_of, sorted(stacks)))
+    )
+
+
+def stack_of(pid: str) -> str:
+    """What a live process's threads are doing (``py-spy dump``, when it is installed)."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if spy is None:
+        return ""
+    try:
+        done = subprocess.run([spy, "dump", "--pid", pid], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"\n(py-spy dump --pid {pid} failed: {exc})"
+    return f"\nthe threads of {pid}:\n{done.stdout}{done.stderr}"
 
 
 def assert_each_ran_once(ids: list[str], runs: dict[str, int]) -> None:

@@ -45,7 +45,7 @@ from .exceptions import DontRetry, WorkerDied
 from .handlers import policy_of
 from .registry import Registry
 from .serialization import Codec
-from .store import DELIVERY, Begun, DeadLetter, RunKey, Store
+from .store import DELIVERY, SETTLED, Begun, DeadLetter, RunKey, Store
 from .streams import STEP as STREAM_STEP
 from .streams import Sent, StreamPublisher
 
@@ -160,7 +160,8 @@ class Runner:
         Every handler gets its chance: a failing handler is logged at ERROR with its traceback on
         the ``flask_eventlib`` logger, retried alone later (or at once without ``schedule_retry``),
         and dead-lettered after its last attempt; the next handler runs meanwhile. Handlers that
-        already succeeded for an event id (within ``dedup_ttl``) are skipped. A message that
+        already succeeded for an event id (within ``dedup_ttl``) are skipped, and so are those an
+        earlier delivery saw fail: their retries or their dead letter own them. A message that
         cannot be decoded is logged and dead-lettered alone; the others are still processed. When
         an earlier delivery of the same messages began and never finished (its worker died), the
         handlers run one at a time, each start counted, and a handler whose worker died
@@ -207,6 +208,10 @@ class Runner:
         )
         held = begun.held
         taken = [run for run in claims if run not in held and run[1] not in begun.done.get(run[0], ())]
+        # Claims taken on handlers whose failure is settled (their retries run them, not this
+        # delivery) are given up with the first write, so a retry does not wait for their lease.
+        stray = [run for run in taken if SETTLED + run[1] in begun.done.get(run[0], ())]
+        taken = [run for run in taken if SETTLED + run[1] not in begun.done.get(run[0], ())]
         self._hold(owner, taken)
         died = begun.unfinished.get(keys[0], 0) if keys else 0
         if died and (taken or not claims):
@@ -224,18 +229,18 @@ class Runner:
         # The marks (and claims to release) of finished events not written yet, and when the last
         # write went: after a death every event is marked as it ends.
         unmarked: dict[str, list[str]] = {}
-        unreleased: list[RunKey] = []
+        unreleased: list[RunKey] = stray
         interval = 0.0 if died else self.mark_interval
         marked_at = time.monotonic()
         try:
             for position, ((message, event), found) in enumerate(zip(decoded, calls, strict=True), 1):
                 event_id = event.id or ""
                 skip = begun.done.setdefault(event_id, set())
-                succeeded: list[str] = []
+                marks: list[str] = []
                 ran: list[RunKey] = []
                 start = len(results)
                 for label, call in found:
-                    if label in skip:
+                    if label in skip or SETTLED + label in skip:
                         continue
                     if (event_id, label) in held:
                         deferred.append((message, event, label, held[event_id, label]))
@@ -247,9 +252,9 @@ class Runner:
                     else:
                         result = self._attempt(message, event, label, call, 1, None)
                     results.append(result)
-                    if result.error is None:
-                        succeeded.append(label)
-                    else:
+                    # A failure is settled too: retried (the retry runs it) or dead-lettered.
+                    marks.append(label if result.error is None else SETTLED + label)
+                    if result.error is not None:
                         first_error = first_error or result.error
                     # A retried or dead-lettered handler is not run again for a duplicate either.
                     skip.add(label)
@@ -261,7 +266,7 @@ class Runner:
                     # and the last event's write also forgets the message's count (a round trip of its
                     # own only when there is nothing to mark). Sent without waiting for the store's
                     # answer but the last, which reads them all before the message is acknowledged.
-                    unmarked[event_id] = [*unmarked.get(event_id, ()), *succeeded]
+                    unmarked[event_id] = [*unmarked.get(event_id, ()), *marks]
                     if claims:
                         unreleased += ran
                     last = position == len(decoded)
@@ -326,9 +331,17 @@ class Runner:
         pause = _FIRST_PAUSE
         while True:
             begun = self._begin([key], done=[event_id] if self.dedup_ttl else [], claims=claims, owner=owner)
-            if handler in begun.done.get(event_id, set()):
+            marks = begun.done.get(event_id, set())
+            if handler in marks:
                 if not claims:  # a claimed start that was done was not counted
                     self._finish([key], {})
+                return None
+            if first_failed_at is None and SETTLED + handler in marks:
+                # A retry and a replay (they carry the first failure's time) run a handler whose
+                # failure is settled; the check of a handler a duplicate delivery found claimed
+                # does not. Its start was counted, and its claim taken unless another holds it.
+                if not claims or key not in begun.held:
+                    self._finish([key], {}, claims, owner)
                 return None
             if key not in begun.held:
                 break
@@ -356,10 +369,12 @@ class Runner:
 
     def replay(self, letter: DeadLetter) -> None:
         """Run a dead letter's handler again, through the workers (at once without ``schedule_retry``)."""
+        # The first failure's time makes it a retry, which runs a handler whose failure is settled.
+        first_failed_at = letter.first_failed_at or time.time()
         if self.schedule_retry is None:
-            self.process_retry(letter.message, letter.handler, 1, None)
+            self.process_retry(letter.message, letter.handler, 1, first_failed_at)
         else:
-            self.schedule_retry(letter.message, letter.handler, 1, None, 0.0)
+            self.schedule_retry(letter.message, letter.handler, 1, first_failed_at, 0.0)
 
     def _counted_attempt(
         self,
@@ -401,7 +416,7 @@ class Runner:
             )
             # The dead letter first: dying in between leaves a duplicate dead letter, not a loop.
             self._dead_letter(message, event, label, died, error, "", first_failed_at or time.time())
-            self._finish([key], {}, release or [], owner)
+            self._finish([key], {event_id: [SETTLED + label]}, release or [], owner)
             return HandlerResult(event, label, error, attempt=attempt, dead_lettered=True)
         if died:
             logger.error(
@@ -415,7 +430,7 @@ class Runner:
                 extra={"event_name": event.name, "event_id": event_id, "handler": label, "attempt": attempt},
             )
         result = self._attempt(message, event, label, call, attempt, first_failed_at)
-        self._finish([key], {event_id: [label]} if result.error is None else {}, release or [], owner)
+        self._finish([key], {event_id: [label if result.error is None else SETTLED + label]}, release or [], owner)
         return result
 
     def _attempt(

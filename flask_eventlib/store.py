@@ -58,7 +58,8 @@ DELIVERY = ""
 class Begun:
     """What :meth:`Store.begin` found left by earlier deliveries."""
 
-    #: For each event id asked about, the handlers that already succeeded.
+    #: For each event id asked about, its marks: the handlers that already succeeded, and those
+    #: whose failure is settled (:data:`SETTLED`).
     done: dict[str, set[str]]
     #: For each key, the earlier starts that never finished: a worker died while running them
     #: (or, rarely, is still running them).
@@ -66,6 +67,18 @@ class Begun:
     #: The claims asked for that another owner holds: ``(event_id, handler)`` -> seconds left on
     #: its lease. The other claims asked for, not done, are now the caller's.
     held: dict[RunKey, float] = field(default_factory=dict)
+
+
+#: Before a handler's name in an event's marks: the handler failed, and its retries or its dead
+#: letter own it now. A duplicate delivery of the event leaves it alone, as it leaves a handler
+#: that succeeded; its retries and a replay of its dead letter run it (only a success marks the
+#: handler's own name).
+SETTLED = "~"
+
+
+def succeeded(marks: Iterable[str]) -> set[str]:
+    """The handlers that succeeded, of an event's marks."""
+    return {mark for mark in marks if not mark.startswith(SETTLED)}
 
 
 class Store(ABC):
@@ -92,7 +105,8 @@ class Store(ABC):
     ) -> Begun:
         """Count one start of each key, remembered ``ttl`` seconds; read what earlier ones left.
 
-        :param done: event ids whose dedup marks to read too: the handlers that already succeeded.
+        :param done: event ids whose dedup marks to read too: the handlers that already succeeded,
+            and those whose failure is settled (:data:`SETTLED`).
         :param forget: keys whose starts finished, forgotten first, as :meth:`finish` does: a
             finish that can wait rides on the next begin instead of costing a round trip.
         :param claims: ``(event_id, handler)`` pairs to claim for ``owner`` for ``lease`` seconds.
@@ -113,9 +127,10 @@ class Store(ABC):
         owner: str = "",
         wait: bool = True,
     ) -> None:
-        """Forget the start counts of ``keys``; remember ``marks`` as succeeded for ``ttl`` seconds.
+        """Forget the start counts of ``keys``; remember ``marks`` for ``ttl`` seconds.
 
-        :param marks: ``{event_id: [handler, ...]}``; with a ``ttl`` of 0 nothing is marked.
+        :param marks: ``{event_id: [handler, ...]}``: handlers that succeeded, or whose failure is
+            settled (:data:`SETTLED` before the name); with a ``ttl`` of 0 nothing is marked.
         :param release: claims of ``owner`` to give up, once ``marks`` are written; a claim that
             is no longer ``owner``'s (its lease ended and another took it) is left alone.
         :param wait: ``False`` lets a store send the write and read its answer with this thread's
@@ -129,7 +144,8 @@ class Store(ABC):
 
     @abstractmethod
     def completed(self, event_ids: Iterable[str]) -> dict[str, set[str]]:
-        """For each event id, the handlers that already succeeded for it."""
+        """For each event id, its marks: the handlers that already succeeded for it, and those
+        whose failure is settled (:data:`SETTLED` before the name; :func:`succeeded` leaves them out)."""
 
     @abstractmethod
     def mark_completed(self, marks: dict[str, list[str]], ttl: float) -> None:

@@ -32,7 +32,7 @@ from ..figures import (
 )
 from ..handlers import policy_of
 from ..state import EventLibState, state_of
-from ..store import DeadLetter, Store
+from ..store import DeadLetter, Store, succeeded
 from ..tasks import queue_depth
 from ..typescript import data_fields
 from . import guard
@@ -360,7 +360,7 @@ def event() -> str | Response:
     state = _state()
     store = state.store
     letters = [d for d in store.dead_letters() if d.event_id == event_id] if store is not None else []
-    done = store.completed([event_id]).get(event_id, set()) if store is not None else set()
+    done = succeeded(store.completed([event_id]).get(event_id, ())) if store is not None else set()
     figures = state.figures
     if figures is not None:
         figures.flush()

@@ -15,8 +15,10 @@ import contextlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +59,10 @@ class Sender:
     :param signal_sender: the sender of the signals it sends (the Flask app).
     :param tick: called from the thread with the sender about every ``tick_interval`` seconds
         (the console's figures: a heartbeat and a batch of counts); it must not block for long.
+    :param stall_after: seconds events may wait for a thread that took none of them; then the
+        next :meth:`submit` logs an error with where the thread is stuck (its stack), once per
+        ``stall_after``. A healthy thread takes events within ``linger`` (a broker that does not
+        answer within its timeout sends them to the spool).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class Sender:
         signal_sender: Any = None,
         tick: Callable[[Sender], None] | None = None,
         tick_interval: float = 1.0,
+        stall_after: float = 30.0,
     ) -> None:
         self.send = send
         self.signal_sender = signal_sender
@@ -87,6 +94,7 @@ class Sender:
         self.recover_interval = recover_interval
         self.tick = tick
         self.tick_interval = tick_interval
+        self.stall_after = stall_after
         self._next_tick = 0.0
         self._next_retry = 0.0
         self._next_recover = 0.0
@@ -119,6 +127,10 @@ class Sender:
         self._backlog: list[str] = []  # in memory, when there is no working spool
         self._backlog_tickets: list[Ticket] = []  # released once the backlog is sent
         self._held = False
+        #: Since when the events not yet done have waited for the thread (a look, not a lock:
+        #: for the stall report only), and when a stall was last reported.
+        self._waiting_since = 0.0
+        self._stall_reported = 0.0
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -128,8 +140,29 @@ class Sender:
             return
         self._ensure_thread()
         with self._done_cond:
+            if self._submitted == self._done:
+                self._waiting_since = time.monotonic()
+            elif time.monotonic() - self._waiting_since > self.stall_after:
+                self._report_stall()
             self._submitted += len(messages)
         self._queue.put((messages, tickets or []))
+
+    def _report_stall(self) -> None:
+        """Say that the thread took no events for ``stall_after`` seconds, and where it is."""
+        now = time.monotonic()
+        if now - self._stall_reported < self.stall_after:
+            return
+        self._stall_reported = now
+        thread = self._thread
+        frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+        where = "".join(traceback.format_stack(frame)) if frame is not None else "(no thread)\n"
+        logger.error(
+            "flask-eventlib: %d events have waited %.0fs for the sender's thread, which took none of them; "
+            "it is at:\n%s",
+            self._submitted - self._done,
+            now - self._waiting_since,
+            where.rstrip(),
+        )
 
     def start(self) -> None:
         """Start the thread now, not at the first event: it recovers dead processes' events."""
@@ -336,6 +369,7 @@ class Sender:
                 self.local_log.release(tickets)
             with self._done_cond:
                 self._done += len(batch)
+                self._waiting_since = time.monotonic()  # what still waits, waits from now
                 self._done_cond.notify_all()
 
     def _take_waiting(self, batch: list[str], tickets: list[Ticket]) -> None:

@@ -493,6 +493,50 @@ def test_what_a_process_that_died_left_in_the_spool_is_sent_by_one_already_runni
     assert live.flush(5) and published[-1] == "after" and len(published) == 5
 
 
+def test_a_sender_thread_stuck_in_a_publish_is_reported_with_where_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    released = threading.Event()
+    published: list[str] = []
+
+    def wedged_publish(batch: list[str]) -> None:
+        released.wait(30)  # a lock no one will release, as a forked child can inherit one
+        published.extend(batch)
+
+    sender = Sender(wedged_publish, stall_after=0.2)
+    try:
+        sender.submit(["first"])
+        caplog.set_level(logging.ERROR, logger="flask_eventlib")
+        # Each later event's hand-over looks at how long the waiting ones have waited.
+        wait_for(
+            lambda: sender.submit(["later"]) or "for the sender's thread, which took none of them" in caplog.text,
+            timeout=10,
+            what="the stall report",
+        )
+        assert "in wedged_publish" in caplog.text and "released.wait(30)" in caplog.text
+        reports = caplog.text.count("which took none of them")
+        assert reports == 1  # once per stall_after, not once per event
+    finally:
+        released.set()
+    assert sender.flush(10) and published[0] == "first" and set(published[1:]) == {"later"}
+
+
+def test_a_busy_sender_that_makes_progress_reports_no_stall(caplog: pytest.LogCaptureFixture) -> None:
+    published: list[str] = []
+
+    def slow_broker(batch: list[str]) -> None:
+        time.sleep(0.01)  # the broker's own latency: events always wait, and are always taken
+        published.extend(batch)
+
+    sender = Sender(slow_broker, stall_after=0.5, max_batch=1)
+    caplog.set_level(logging.ERROR, logger="flask_eventlib")
+    deadline = time.monotonic() + 1.5
+    sender.submit(["e"])
+    while time.monotonic() < deadline:  # for three times stall_after, never without an event waiting
+        sender.submit(["e"])
+        wait_for(lambda: sender.pending() <= 1, timeout=5, interval=0.001, what="the sender to take the one before")
+    assert sender.flush(10)
+    assert len(published) > 30 and "which took none of them" not in caplog.text
+
+
 def test_a_sender_thread_that_stops_is_replaced_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
     class Fatal(BaseException):
         """Not an Exception: what would end a thread that only catches Exception."""

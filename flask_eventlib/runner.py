@@ -207,11 +207,15 @@ class Runner:
             owner=owner,
         )
         held = begun.held
-        taken = [run for run in claims if run not in held and run[1] not in begun.done.get(run[0], ())]
-        # Claims taken on handlers whose failure is settled (their retries run them, not this
-        # delivery) are given up with the first write, so a retry does not wait for their lease.
-        stray = [run for run in taken if SETTLED + run[1] in begun.done.get(run[0], ())]
-        taken = [run for run in taken if SETTLED + run[1] not in begun.done.get(run[0], ())]
+        # The claims this delivery got: on handlers to run, and on handlers whose failure is
+        # settled (their retries run them, not this delivery), given up with the first write so
+        # that a retry does not wait for their lease. A done handler's claim is never taken.
+        taken: list[RunKey] = []
+        stray: list[RunKey] = []
+        for run in claims:
+            event_marks = begun.done.get(run[0], set())
+            if run not in held and run[1] not in event_marks:
+                (stray if SETTLED + run[1] in event_marks else taken).append(run)
         self._hold(owner, taken)
         died = begun.unfinished.get(keys[0], 0) if keys else 0
         if died and (taken or not claims):

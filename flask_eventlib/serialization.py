@@ -247,7 +247,14 @@ class Codec:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise SerializationError(f"An event payload is not valid JSON: {exc}") from exc
-        return self.decode(parsed)
+        # Only an object key that starts with "$" (a type tag, or a key escaped by encode) needs
+        # decoding, and a text holds none without '"$' (or the key's "$" written as \u0024): most
+        # events skip the walk of every value.
+        if isinstance(text, bytes):
+            tagged = b'"$' in text or b"\\u0024" in text
+        else:
+            tagged = '"$' in text or "\\u0024" in text
+        return self.decode(parsed) if tagged else parsed
 
 
 def _invalid_text(value: Any) -> list[str] | None:

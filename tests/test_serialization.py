@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,6 +94,22 @@ def test_the_top_level_shortcut_encodes_a_dict_as_the_whole_walk_does(data: dict
     # its own); _encode() is the walk of everything, which it must match.
     assert default_codec.encode(data) == default_codec._encode(data)
     assert default_codec.loads(default_codec.dumps(data)) == data
+
+
+@given(st.dictionaries(st.text(), mixed_values))
+def test_loads_skips_the_walk_only_where_it_would_change_nothing(data: dict[str, Any]) -> None:
+    # loads() returns a parsed text that holds no '"$' as it is; the walk must agree.
+    text = default_codec.dumps(data)
+    assert default_codec.loads(text) == default_codec.decode(orjson.loads(text)) == data
+    assert default_codec.loads(text.encode()) == data
+
+
+def test_a_tag_or_an_escaped_key_written_with_a_unicode_escape_is_still_decoded() -> None:
+    text = default_codec.dumps({"at": dt.date(2024, 2, 29), "$price": 1})
+    escaped = text.replace('"$', '"\\u0024')
+    assert '"$' not in escaped
+    assert default_codec.loads(escaped) == {"at": dt.date(2024, 2, 29), "$price": 1}
+    assert default_codec.loads(escaped.encode()) == {"at": dt.date(2024, 2, 29), "$price": 1}
 
 
 @pytest.mark.parametrize(

@@ -276,9 +276,10 @@ class MemoryStore(Store):
 #: :meth:`RedisStore.begin` in one script, so that a claim is taken in the same atomic step that
 #: reads its handler's dedup mark. ARGV: ttl, owner, lease (ms), the counts nf nk ne nd nc, then
 #: the forgotten fields, the counted fields, each counted field's claim (1-based, 0: none), the
-#: claimed fields. KEYS: the forgotten starts, the counted starts, the starts to expire, the dedup
-#: marks to read, the claims, each claim's dedup marks. A claim answers -1 (taken), -2 (done) or
-#: the milliseconds left on another owner's lease.
+#: claimed fields, each claim's dedup marks among those read (1-based). KEYS: the forgotten starts,
+#: the counted starts, the starts to expire, the dedup marks to read, the claims. A claim answers
+#: -1 (taken), -2 (done) or the milliseconds left on another owner's lease. The marks are read
+#: once, first: a claim's check is a lookup in them, not a command of its own.
 _BEGIN = """
 local ttl, owner, lease = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local nf, nk, ne, nd, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -288,11 +289,19 @@ local kc = kd + nd
 local af = 8 + nf
 local ai = af + nk
 local ac = ai + nk
+local ad = ac + nc
 for i = 1, nf do redis.call('HDEL', KEYS[i], ARGV[8 + i]) end
+local done, marked = {}, {}
+for i = 1, nd do
+  local members = redis.call('SMEMBERS', KEYS[kd + i])
+  local set = {}
+  for _, member in ipairs(members) do set[member] = true end
+  done[i], marked[i] = members, set
+end
 local claims = {}
 for i = 1, nc do
   local key = KEYS[kc + i]
-  if redis.call('SISMEMBER', KEYS[kc + nc + i], ARGV[ac + i]) == 1 then
+  if marked[tonumber(ARGV[ad + i])][ARGV[ac + i]] then
     claims[i] = -2
   else
     local taken = redis.call('SET', key, owner, 'NX', 'PX', lease)
@@ -319,8 +328,6 @@ for i = 1, nk do
   end
 end
 for i = 1, ne do redis.call('EXPIRE', KEYS[ke + i], ttl) end
-local done = {}
-for i = 1, nd do done[i] = redis.call('SMEMBERS', KEYS[kd + i]) end
 return {counts, done, claims}
 """
 #: :meth:`RedisStore.finish`: the marks, then the claims given up (those still the owner's), then
@@ -394,6 +401,7 @@ class RedisStore(Store):
         ids = list(dict.fromkeys(eid for eid, _ in keys))
         read = list(dict.fromkeys([*done, *(eid for eid, _ in claims)]))
         index = {run: i for i, run in enumerate(claims, 1)}
+        place = {eid: i for i, eid in enumerate(read, 1)}
         p = self.prefix
         script_keys = [
             *(f"{p}starts:{eid}" for eid, _ in forget),
@@ -401,7 +409,6 @@ class RedisStore(Store):
             *(f"{p}starts:{eid}" for eid in ids),
             *(f"{p}done:{eid}" for eid in read),
             *(self._claim_key(run) for run in claims),
-            *(f"{p}done:{eid}" for eid, _ in claims),
         ]
         args = [
             max(1, int(ttl)),
@@ -416,6 +423,7 @@ class RedisStore(Store):
             *(handler for _, handler in keys),
             *(index.get(run, 0) for run in keys),
             *(handler for _, handler in claims),
+            *(place[eid] for eid, _ in claims),
         ]
         counts, members, taken = self._run(_BEGIN, script_keys, args)
         found = {eid: {h.decode() for h in handlers} for eid, handlers in zip(read, members, strict=True)}

@@ -277,7 +277,7 @@ class Runner:
                     if last or not interval or time.monotonic() - marked_at >= interval:
                         self._finish(keys if last else [], unmarked, unreleased, owner, wait=last)
                         unmarked, unreleased = {}, []
-                        if interval:  # no clock read per event with the default (a write an event)
+                        if interval:  # no clock read per event with 0 (a write an event)
                             marked_at = time.monotonic()
         except BaseException:
             if unmarked or unreleased:

@@ -84,7 +84,11 @@ def test_a_handler_that_kills_its_worker_is_dead_lettered_and_its_neighbours_run
         # the next ones counted each start: two deaths of kill, then the dead letter.
         assert int(redis_client.get(f"{record_key}:kills:{poison}") or 0) == 3
         ran = runs()
-        assert [ran.get(n) for n in neighbours] == [1, 1, 1, 1]  # each neighbour once
+        # The two neighbours after the poison ran once. The two before it ran again with the second
+        # delivery when they finished within the first's last mark interval (10 ms: handlers of
+        # 0 ms do), so their marks were not written yet; with EVENTLIB_DEDUP_MARK_INTERVAL = 0, once.
+        assert [ran.get(n) for n in neighbours[2:]] == [1, 1]
+        assert all(ran.get(n) in (1, 2) for n in neighbours[:2])
         assert ran[f"{poison}:after"] == 1
         assert ran[f"{poison}:before"] == 2  # not yet marked done when the first delivery died
         assert worker.poll() is None, "the worker's main process died too"

@@ -7,6 +7,7 @@ helper, so the spool and the store keep what the helper promises.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import select
@@ -138,6 +139,22 @@ def exit_code(pid: int, timeout: float = 30.0) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def high_pipe() -> tuple[int, int]:
+    """A pipe whose two ends have descriptor numbers far above those the process reuses.
+
+    Once a CI run read ``b"\\x18"`` from a fresh pipe that only the child's ``b"1"`` should have
+    reached (a write to a descriptor number a pipe had just reused, from something else in the
+    test process, not found). Numbers of 600 and up are not handed out again by ``open()``
+    meanwhile, so such a write cannot land in the handshake.
+    """
+    ends = os.pipe()
+    try:
+        return fcntl.fcntl(ends[0], fcntl.F_DUPFD, 600), fcntl.fcntl(ends[1], fcntl.F_DUPFD, 600)
+    finally:
+        for fd in ends:
+            os.close(fd)
+
+
 def receive(fd: int, timeout: float = 30.0) -> bytes:
     """One byte from ``fd``, waiting at most ``timeout`` seconds; ``b""`` once the writer is gone."""
     readable, _, _ = select.select([fd], [], [], timeout)
@@ -191,8 +208,8 @@ def test_a_parent_that_closes_while_its_child_writes_loses_none_of_the_childs_ro
     # would delete the WAL under the child, and the child's later rows with it.
     user = through(path)
     user.write(0)
-    from_child, to_parent = os.pipe()
-    from_parent, to_child = os.pipe()
+    from_child, to_parent = high_pipe()
+    from_parent, to_child = high_pipe()
 
     def child() -> None:
         user.write(1)

@@ -176,6 +176,10 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
 
+#: The pool children of each worker :func:`start_worker` starts (its ``--concurrency``).
+WORKER_CHILDREN = 2
+
+
 def start_worker(
     broker_url: str,
     queue: str,
@@ -196,7 +200,7 @@ def start_worker(
     }
     # The ordinary worker command, no -Q: the extension makes the worker consume the events queue.
     command = command or [sys.executable, "-m", "celery", "-A", "tests.sample.worker:celery", "worker"]
-    command = [*command, "--loglevel=INFO", "--concurrency=2", "--hostname", f"{queue}@%h", *extra]
+    command = [*command, "--loglevel=INFO", f"--concurrency={WORKER_CHILDREN}", "--hostname", f"{queue}@%h", *extra]
     with log_path.open("wb") as output:
         return subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True

@@ -13,11 +13,18 @@ import redis
 
 from flask_eventlib import flush, log
 from tests.chaos.conftest import CHAOS_EVENTS
-from tests.conftest import BROKERS, REDIS_URL, clean_up_run, start_worker, stop_process, wait_for, wait_worker_ready
+from tests.conftest import (
+    BROKERS,
+    REDIS_URL,
+    WORKER_CHILDREN,
+    clean_up_run,
+    start_worker,
+    stop_process,
+    wait_for,
+    wait_worker_ready,
+)
 from tests.sample import create_app
 
-#: The pool children of a test worker (``start_worker``'s ``--concurrency``).
-WORKER_CHILDREN = 2
 #: Redis redelivers a dead worker's unacknowledged messages after this many seconds.
 VISIBILITY_TIMEOUT = 5
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import signals
-from .forks import this_process
+from .forks import fork_waits, this_process
 from .locallog import LocalLog, Ticket
 from .spool import Send, Spool, SpoolError, SpoolFull
 
@@ -311,7 +311,8 @@ class Sender:
             if now >= self._next_tick:
                 self._next_tick = now + self.tick_interval
                 try:
-                    self.tick(self)
+                    with fork_waits():  # it writes to Redis
+                        self.tick(self)
                 except Exception:
                     logger.exception("flask-eventlib: the sender's tick (the console's figures) failed")
             timeout = min(timeout or self.tick_interval, self.tick_interval)
@@ -424,13 +425,19 @@ class Sender:
             self._retry_backlog()
         if not self._has_backlog():
             try:
-                self.send(batch)
+                self._send(batch)
                 return
             except Exception as exc:
                 self._broker_down = True
                 self._next_retry = time.monotonic() + self.retry_interval
                 logger.warning("%s; keeping them in the spool", _broker_failure(len(batch), exc))
         self._keep(batch, "broker unavailable")
+
+    def _send(self, batch: list[str]) -> None:
+        # A fork waits until the publish is done: the child would copy the locks kombu, Celery
+        # and redis-py hold meanwhile, held by a thread it does not have (see flask_eventlib.forks).
+        with fork_waits():
+            self.send(batch)
 
     def _spool_usable(self) -> bool:
         return self.spool is not None and time.monotonic() >= self._spool_usable_at
@@ -493,14 +500,14 @@ class Sender:
         try:
             while self._backlog:
                 batch = self._backlog[: self.max_batch]
-                self.send(batch)
+                self._send(batch)
                 del self._backlog[: len(batch)]
             if self._backlog_tickets and self.local_log is not None:
                 tickets, self._backlog_tickets = self._backlog_tickets, []
                 self.local_log.release(tickets)
             if self.spool is not None and self._spool_usable():
                 try:
-                    while self.spool.drain(self.send):
+                    while self.spool.drain(self._send):
                         pass
                 except SpoolError as exc:
                     self._spool_dirty = True  # drained again once it rests, while the broker is used

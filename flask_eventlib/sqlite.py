@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from . import forks  # noqa: F401  (its fork hook first: a fork takes these files' locks, then waits for its sections)
 from .exceptions import EventlibError
 
 

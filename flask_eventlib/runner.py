@@ -36,12 +36,14 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from . import envelope, signals
 from .events import BaseEvent
 from .exceptions import DontRetry, WorkerDied
+from .forks import fork_waits
 from .handlers import policy_of
 from .registry import Registry
 from .serialization import Codec
@@ -740,6 +742,7 @@ class _Keeper:
         self._held: dict[str, set[RunKey]] = {}
         self._thread: threading.Thread | None = None
         self._pid = 0
+        _keepers.add(self)
 
     def hold(self, owner: str, claims: Iterable[RunKey], store: Store, lease: float) -> None:
         with self._lock:
@@ -778,7 +781,8 @@ class _Keeper:
                     continue
                 idle = False
             try:
-                store.renew(snapshot, lease)
+                with fork_waits():  # a child must not copy the store client's locks mid-call
+                    store.renew(snapshot, lease)
             except Exception:
                 if not failing:
                     logger.warning(
@@ -790,6 +794,19 @@ class _Keeper:
                 failing = True
             else:
                 failing = False
+
+
+#: Every keeper of this process: a forked child gives each a new lock (the parent's thread may
+#: have held it at the fork, and is not in the child to release it).
+_keepers: weakref.WeakSet[_Keeper] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for keeper in list(_keepers):
+        keeper._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class HandlerResult:

@@ -231,3 +231,33 @@ def test_a_fork_takes_the_sqlite_locks_before_it_waits_for_publishes(tmp_path: P
     except subprocess.TimeoutExpired:
         pytest.fail("a fork while a thread published inside a transaction waited forever")
     assert done.stdout.strip() == "child 0", done.stderr
+
+
+def test_a_child_forked_while_the_claims_keeper_renews_can_hold_claims() -> None:
+    """The keeper's thread holds its lock while it takes a snapshot of the claims: a child forked
+    then (a handler starting a process) must still be able to hold the claims of its own runs."""
+    from flask_eventlib.runner import _Keeper
+    from flask_eventlib.store import MemoryStore
+
+    keeper, store = _Keeper(), MemoryStore()
+    keeper.hold("parent", [("e1", "h")], store, lease=30.0)
+    holding, done = threading.Event(), threading.Event()
+
+    def snapshot() -> None:  # as _renew holds it
+        with keeper._lock:
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=snapshot)
+    thread.start()
+    try:
+        assert holding.wait(10)
+
+        def child() -> int:
+            keeper.hold("child", [("e2", "h")], store, lease=30.0)
+            return 0 if set(keeper._held) == {"child"} else 2  # the parent's claims are the parent's
+
+        assert fork_child(child) == 0
+    finally:
+        done.set()
+        thread.join()

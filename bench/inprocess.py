@@ -200,15 +200,20 @@ def request_work(app: Flask, requests: int) -> RequestWork:
     return work
 
 
-def preload_events(app: Flask, events: int) -> int:
-    """Log ``events`` events in requests of 10, publishing each request's events as one message."""
+def preload_events(app: Flask, events: int, per_message: int = PER_REQUEST) -> int:
+    """Log ``events`` events in requests of 10, publishing each request's events as one message
+    (as at a modest request rate), or those of ``per_message // 10`` requests together (as the
+    sender does under load: one message for the events of the requests that ended meanwhile, at
+    most ``EVENTLIB_MAX_EVENTS_PER_MESSAGE``); return the messages."""
     call = Direct(app)
     state = app.extensions["eventlib"]
-    for _ in range(events // PER_REQUEST):
+    requests = max(1, per_message // PER_REQUEST)
+    for done in range(1, events // PER_REQUEST + 1):
         call(f"/log/{PER_REQUEST}")
-        state.sender.flush(60)  # one message per request, as at a modest request rate
+        if done % requests == 0:
+            state.sender.flush(60)
     _flush(app)
-    return events // PER_REQUEST
+    return -(-events // (requests * PER_REQUEST))
 
 
 def preload_raw(app: Flask, events: int, per_task: int = 1) -> None:

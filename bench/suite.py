@@ -264,22 +264,38 @@ def bench_worker(run: Run) -> None:
         "worker events/s, dedup on with each event's marks written as it ends "
         "(`EVENTLIB_DEDUP_MARK_INTERVAL = 0`), vs raw Celery, 1 task per event",
     )
+    full = _row(
+        "3e",
+        "worker events/s, dedup on, messages of 100 events (the sender's largest, what it sends under load), "
+        "vs raw Celery, 1 task per event",
+    )
     dedup.bound = no_dedup.bound = ceiling
     sizes = run.sizes
 
     def body() -> None:
         timeout = 60 + sizes.worker_events / 100
 
-        def measure(name: str, events: int, raw: bool, per_task: int = 1, **extra: Any) -> workers.Throughput:
+        def measure(
+            name: str, events: int, raw: bool, per_task: int = 1, per_message: int = 10, **extra: Any
+        ) -> workers.Throughput:
             config = run.config(name, **extra)
             log_path = run.folder / f"{name}.log"
-            return workers.throughput(run.client, config, events, log_path, raw=raw, timeout=timeout, per_task=per_task)
+            return workers.throughput(
+                run.client,
+                config,
+                events,
+                log_path,
+                raw=raw,
+                timeout=timeout,
+                per_task=per_task,
+                per_message=per_message,
+            )
 
         # Rounds of (raw, dedup on, dedup off, a write per event, ceiling): each round's ratios compare workers that ran
         # side by side, so a drift of the machine touches both sides of a ratio alike.
         raws: list[float] = []
         ceilings: list[float] = []
-        ours: dict[str, list[workers.Throughput]] = {"dedup": [], "nodedup": [], "strict": []}
+        ours: dict[str, list[workers.Throughput]] = {"dedup": [], "nodedup": [], "strict": [], "full": []}
         for number in range(1, sizes.worker_rounds + 1):
             raws.append(measure(f"worker-raw-{number}", sizes.raw_events, raw=True).per_second)
             for name, settings in (
@@ -289,13 +305,14 @@ def bench_worker(run: Run) -> None:
             ):
                 got = measure(f"worker-{name}-{number}", sizes.worker_events, raw=False, **settings)
                 ours[name].append(got)
+            ours["full"].append(measure(f"worker-full-{number}", sizes.worker_events, raw=False, per_message=100))
             batched = measure(
                 f"worker-ceiling-{number}", sizes.worker_events, raw=True, per_task=10, BENCH_RAW_CRASH_SAFE=True
             )
             ceilings.append(batched.per_second)
         raw = median(raws)
         base = f"{raw:,.0f}/s ({sizes.worker_rounds} runs of {sizes.raw_events} tasks)"
-        for row, name in ((dedup, "dedup"), (no_dedup, "nodedup"), (strict, "strict")):
+        for row, name in ((dedup, "dedup"), (no_dedup, "nodedup"), (strict, "strict"), (full, "full")):
             measured = ours[name]
             per_second = median([m.per_second for m in measured])
             per_message = measured[0].events // max(1, measured[0].messages)
@@ -313,7 +330,7 @@ def bench_worker(run: Run) -> None:
             "raw one Celery's defaults, but for 3c's (raw tasks of 10 events each), which has flask-eventlib's."
         )
 
-    run.step("3. worker throughput (real workers)", [dedup, no_dedup, ceiling, strict], body)
+    run.step("3. worker throughput (real workers)", [dedup, no_dedup, ceiling, strict, full], body)
 
 
 def bench_ingest(run: Run) -> None:

@@ -42,12 +42,14 @@ def throughput(
     timeout: float,
     worker_config: dict[str, Any] | None = None,
     per_task: int = 1,
+    per_message: int = 10,
 ) -> Throughput:
     """Fill the queue with ``events`` events (ours: 10 per message; raw: one task each), then start
     a worker and time it from the first handler run to the last (both stored by the handler).
 
     :param worker_config: settings of the worker only (the process that fills the queue has not them).
     :param per_task: raw: events per task (the raw batch task, when more than one).
+    :param per_message: ours: events per message (10: a request's; up to the sender's 100).
     """
     config = {**config, "BENCH_TOTAL": events}
     key = config["BENCH_KEY"]
@@ -56,7 +58,7 @@ def throughput(
         preload_raw(app, events, per_task)
         queue = config["BENCH_RAW_QUEUE"]
     else:
-        preload_events(app, events)
+        preload_events(app, events, per_message)
         queue = config["EVENTLIB_QUEUE"]
     messages = int(client.llen(queue))
     worker = celery_worker(

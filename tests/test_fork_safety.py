@@ -174,20 +174,26 @@ def test_a_child_forked_while_the_sender_drains_the_spool_reads_it(tmp_path: Pat
     spool = Spool(str(tmp_path / "spool.sqlite3"), 100)
     for n in range(3):
         spool.put([f"event {n}"])
-    inside, gate = threading.Event(), threading.Event()
+    inside, gate, looked = threading.Event(), threading.Event(), threading.Event()
     sent: list[str] = []
 
     def send(batch: list[str]) -> None:
         if not sent:
             inside.set()
             gate.wait(10)
+        elif not looked.is_set():
+            # Until the child has looked, the drain's next attempts fail and roll back: the file
+            # the child reads is the one the fork saw (the parent deletes no row meanwhile).
+            raise ConnectionError("the broker is down until the child has looked")
         sent.extend(batch)
 
-    sender = Sender(send, spool=spool, retry_interval=0.05, recover_interval=0.05)
-    sender.start()  # the spool's leftovers: it drains them first
+    sender = Sender(send, spool=spool, max_batch=1, retry_interval=0.05, recover_interval=0.05)
+    sender.start()  # the spool's leftovers: it drains them first, a message per batch
     assert inside.wait(10)
     threading.Timer(0.3, gate.set).start()
-    assert fork_child(lambda: 0 if sent and spool.pending() == 3 - len(sent) else 2) == 0
+    # Forked as the first publish ends and its transaction commits, never inside them.
+    assert fork_child(lambda: 0 if sent == ["event 0"] and spool.pending() == 2 else 2) == 0
+    looked.set()
     wait_for(lambda: sent == ["event 0", "event 1", "event 2"] and not spool.pending(), what="the drain to end")
 
 

@@ -507,7 +507,7 @@ class Sender:
                 self.local_log.release(tickets)
             if self.spool is not None and self._spool_usable():
                 try:
-                    while self.spool.drain(self._send):
+                    while self.spool.drain(self._send, max_batch=self.max_batch):
                         pass
                 except SpoolError as exc:
                     self._spool_dirty = True  # drained again once it rests, while the broker is used

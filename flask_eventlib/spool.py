@@ -82,30 +82,45 @@ class Spool:
         ((held,),) = self._file.execute("SELECT COALESCE(SUM(count), 0) FROM spool")
         return int(held)
 
-    def drain(self, send: Send, limit: int = 100) -> int:
+    def drain(self, send: Send, limit: int = 100, max_batch: int = 100) -> int:
         """Send the oldest batches, oldest first, removing each once sent; return events sent.
 
-        Stops at the first failure (which propagates) so order is kept. A batch is claimed in a
-        transaction, so two processes sharing the spool never send the same batch. ``send``'s
-        exceptions propagate as they are; the file's own failures as :class:`SpoolError`.
+        Consecutive batches go together, as one message of up to ``max_batch`` events (a batch
+        larger than that goes alone): an outage at a quiet time leaves a batch per request, which
+        would otherwise reach the workers as as many small messages, each paying a message's cost.
+        At most ``limit`` messages per call. Stops at the first failure (which propagates) so order
+        is kept. The batches of a message are claimed in one transaction, so two processes sharing
+        the spool never send the same batch. ``send``'s exceptions propagate as they are; the
+        file's own failures as :class:`SpoolError`.
         """
         self._remove_sent()
         sent = 0
         for _ in range(limit):
-            row_id, delivered = 0, False
+            taken: dict[int, int] = {}
+            delivered = False
             try:
                 with self._file.transaction():
-                    rows = self._file.execute("SELECT id, body FROM spool ORDER BY id LIMIT 1")
+                    # The counts first, then the bodies of the batches taken only.
+                    rows = self._file.execute("SELECT id, count FROM spool ORDER BY id LIMIT ?", (max(max_batch, 1),))
                     if not rows:
                         break
-                    ((row_id, body),) = rows
-                    messages = json.loads(body)
-                    send(messages)  # raises: the transaction rolls back and the batch stays
+                    events = 0
+                    for row_id, count in rows:
+                        if taken and events + count > max_batch:
+                            break
+                        taken[row_id] = count
+                        events += count
+                    ids = list(taken)
+                    marks = ",".join("?" * len(ids))
+                    messages: list[str] = []
+                    for (body,) in self._file.execute(f"SELECT body FROM spool WHERE id IN ({marks}) ORDER BY id", ids):
+                        messages.extend(json.loads(body))
+                    send(messages)  # raises: the transaction rolls back and the batches stay
                     delivered = True
-                    self._file.execute("DELETE FROM spool WHERE id = ?", (row_id,))
+                    self._file.execute(f"DELETE FROM spool WHERE id IN ({marks})", ids)
             except SpoolError:
-                if delivered:  # sent, but not removed: never send it again from this process
-                    self._sent[row_id] = len(messages)
+                if delivered:  # sent, but not removed: never send them again from this process
+                    self._sent.update(taken)
                 raise
             sent += len(messages)
         return sent

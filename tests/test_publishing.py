@@ -276,10 +276,63 @@ def test_the_spool_keeps_order_and_survives_the_process(tmp_path: Path) -> None:
         sent.append(batch)
 
     with pytest.raises(ConnectionError):
-        again.drain(fails_on_c)
+        again.drain(fails_on_c, max_batch=2)  # messages of 2 events at most: ["a", "b"], then ["c"]
     assert sent == [["a", "b"]] and again.pending() == 1
     assert again.drain(sent.append) == 1
     assert sent == [["a", "b"], ["c"]] and spool.pending() == 0
+
+
+def test_the_spool_drains_consecutive_batches_as_one_message_of_up_to_max_batch_events(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "spool.sqlite3"))
+    for batch in (["a", "b"], ["c"], ["d", "e", "f"], ["g"], ["h", "i", "j", "k", "l"], ["m"]):
+        spool.put(batch)
+    sent: list[list[str]] = []
+    assert spool.drain(sent.append, max_batch=3) == 13
+    # In order; a batch joins the message while it fits; one larger than max_batch goes alone.
+    assert sent == [["a", "b", "c"], ["d", "e", "f"], ["g"], ["h", "i", "j", "k", "l"], ["m"]]
+    assert spool.pending() == 0 and spool.drain(sent.append) == 0 and len(sent) == 5
+
+
+def test_a_message_of_several_batches_that_fails_leaves_every_one_of_them_in_the_spool(tmp_path: Path) -> None:
+    path = str(tmp_path / "spool.sqlite3")
+    spool = Spool(path)
+    for n in range(4):
+        spool.put([f"{n}-{i}" for i in range(10)])
+    tried: list[list[str]] = []
+
+    def broker_down(batch: list[str]) -> None:
+        tried.append(batch)
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        spool.drain(broker_down, max_batch=25)
+    assert [len(batch) for batch in tried] == [20]  # the first two batches together: 30 would not fit
+    assert Spool(path).pending() == 40  # nothing removed: all four are sent later, in order
+    sent: list[list[str]] = []
+    assert Spool(path).drain(sent.append, max_batch=25) == 40
+    assert sent == [[f"{n}-{i}" for n in (0, 1) for i in range(10)], [f"{n}-{i}" for n in (2, 3) for i in range(10)]]
+
+
+def test_an_outage_of_single_requests_reaches_the_broker_in_full_messages(
+    records: Records, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    # Requests logging 10 events each, spooled while the broker was down (by a process that
+    # then died), reach the queue in messages of up to EVENTLIB_MAX_EVENTS_PER_MESSAGE events,
+    # not one message per request: the workers catching up pay a message's cost per 100 events.
+    app, queue = make_queued_app(records, tmp_path, EVENTLIB_MAX_EVENTS_PER_MESSAGE=100)
+    try:
+        dispatcher = app.extensions["eventlib"].dispatcher
+        left = Spool(str(tmp_path / "spool.sqlite3"))
+        with app.app_context():
+            for request in range(25):
+                batch = [{"deal_id": request * 10 + n} for n in range(10)]
+                left.put([dispatcher.encode(dispatcher.build("deals.DealClick", data)) for data in batch])
+        wait_for(lambda: left.pending() == 0, timeout=20, what="the app's sender to drain the spool")
+        messages = queued_events(redis_client, queue)
+        assert [len(message) for message in messages] == [100, 100, 50]
+        assert [json.loads(event)["data"]["deal_id"] for message in messages for event in message] == list(range(250))
+    finally:
+        redis_client.delete(queue)
 
 
 def test_the_sender_spools_while_the_broker_fails_and_drains_in_order(tmp_path: Path) -> None:

@@ -111,13 +111,14 @@ class Spool:
                         taken[row_id] = count
                         events += count
                     ids = list(taken)
-                    marks = ",".join("?" * len(ids))
                     messages: list[str] = []
-                    for (body,) in self._file.execute(f"SELECT body FROM spool WHERE id IN ({marks}) ORDER BY id", ids):
+                    for (body,) in self._file.execute(
+                        f"SELECT body FROM spool WHERE id IN ({_marks(ids)}) ORDER BY id", ids
+                    ):
                         messages.extend(json.loads(body))
                     send(messages)  # raises: the transaction rolls back and the batches stay
                     delivered = True
-                    self._file.execute(f"DELETE FROM spool WHERE id IN ({marks})", ids)
+                    self._delete(ids)
             except SpoolError:
                 if delivered:  # sent, but not removed: never send them again from this process
                     self._sent.update(taken)
@@ -135,10 +136,19 @@ class Spool:
             return
         ids = list(self._sent)
         with self._file.transaction():
-            self._file.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(ids))})", ids)
+            self._delete(ids)
         for row_id in ids:
             del self._sent[row_id]
+
+    def _delete(self, ids: list[int]) -> None:
+        """Remove the rows ``ids`` (the caller holds a transaction)."""
+        self._file.execute(f"DELETE FROM spool WHERE id IN ({_marks(ids)})", ids)
 
     def close(self) -> None:
         """Close this process's connection to the file; the next call opens another."""
         self._file.close()
+
+
+def _marks(ids: list[int]) -> str:
+    """The placeholders of ``ids`` in an ``IN (...)`` list."""
+    return ",".join("?" * len(ids))

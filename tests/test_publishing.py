@@ -319,20 +319,24 @@ def test_an_outage_of_single_requests_reaches_the_broker_in_full_messages(
     # Requests logging 10 events each, spooled while the broker was down (by a process that
     # then died), reach the queue in messages of up to EVENTLIB_MAX_EVENTS_PER_MESSAGE events,
     # not one message per request: the workers catching up pay a message's cost per 100 events.
-    app, queue = make_queued_app(records, tmp_path, EVENTLIB_MAX_EVENTS_PER_MESSAGE=100)
+    # The spool is filled before the app that drains it starts (another app, with a spool of its
+    # own, encodes the events): a sender already running could look mid-way and send a part.
+    encoder, unused = make_queued_app(records, tmp_path / "encoder")
+    dispatcher = encoder.extensions["eventlib"].dispatcher
+    left = Spool(str(tmp_path / "spool.sqlite3"))
+    with encoder.app_context():
+        for request in range(25):
+            batch = [{"deal_id": request * 10 + n} for n in range(10)]
+            left.put([dispatcher.encode(dispatcher.build("deals.DealClick", data)) for data in batch])
+    draining, queue = make_queued_app(records, tmp_path, EVENTLIB_MAX_EVENTS_PER_MESSAGE=100)
     try:
-        dispatcher = app.extensions["eventlib"].dispatcher
-        left = Spool(str(tmp_path / "spool.sqlite3"))
-        with app.app_context():
-            for request in range(25):
-                batch = [{"deal_id": request * 10 + n} for n in range(10)]
-                left.put([dispatcher.encode(dispatcher.build("deals.DealClick", data)) for data in batch])
+        assert draining.extensions["eventlib"].sender.spool.path == left.path  # the file filled above
         wait_for(lambda: left.pending() == 0, timeout=20, what="the app's sender to drain the spool")
         messages = queued_events(redis_client, queue)
         assert [len(message) for message in messages] == [100, 100, 50]
         assert [json.loads(event)["data"]["deal_id"] for message in messages for event in message] == list(range(250))
     finally:
-        redis_client.delete(queue)
+        redis_client.delete(queue, unused)
 
 
 def test_the_sender_spools_while_the_broker_fails_and_drains_in_order(tmp_path: Path) -> None:

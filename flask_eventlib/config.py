@@ -283,6 +283,13 @@ MAX_EVENTS_PER_MESSAGE = setting("EVENTLIB_MAX_EVENTS_PER_MESSAGE", 100, integer
 #: many requests; after a quiet spell an event goes at once. ``0``: every batch at once.
 #: Default ``0.02``.
 PUBLISH_LINGER = setting("EVENTLIB_PUBLISH_LINGER", 0.02, number())
+#: How many messages waiting in the broker's queue mean that the workers are behind: then the
+#: sender waits up to ``EVENTLIB_PUBLISH_BACKLOG_LINGER`` between two messages, or until it has
+#: ``EVENTLIB_MAX_EVENTS_PER_MESSAGE`` events, so what the workers catch up on is full messages.
+#: ``0``: never. Default ``50``.
+PUBLISH_BACKLOG_DEPTH = setting("EVENTLIB_PUBLISH_BACKLOG_DEPTH", 50, integer(minimum=0))
+#: The least time, in seconds, between two messages while the workers are behind. Default ``0.5``.
+PUBLISH_BACKLOG_LINGER = setting("EVENTLIB_PUBLISH_BACKLOG_LINGER", 0.5, number())
 #: Seconds the sender waits for the broker (to connect, for Redis's reply, for RabbitMQ's confirm
 #: of a publish) before spooling events locally. Default ``2.0``.
 PUBLISH_TIMEOUT = setting("EVENTLIB_PUBLISH_TIMEOUT", 2.0, number(above=True))

@@ -196,6 +196,8 @@ class EventLib:
             max_batch=int(conf[config.MAX_EVENTS_PER_MESSAGE]),
             retry_interval=float(conf[config.PUBLISH_TIMEOUT]) / 2 or 0.5,
             linger=float(conf[config.PUBLISH_LINGER]),
+            backlog_depth=int(conf[config.PUBLISH_BACKLOG_DEPTH]),
+            backlog_linger=float(conf[config.PUBLISH_BACKLOG_LINGER]),
             local_log=local_log,
             signal_sender=app,
             tick=figures.tick if figures else None,

@@ -586,12 +586,13 @@ class Figures:
 
     # -- the web process's side: what it published -------------------------------------------
 
-    def wrap_send(self, send: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    def wrap_send(self, send: Callable[[list[str]], int | None]) -> Callable[[list[str]], int | None]:
         """``send``, which also traces when the events it published left (within the trace cap)."""
 
-        def sending(messages: list[str]) -> None:
-            send(messages)
+        def sending(messages: list[str]) -> int | None:
+            depth = send(messages)
             self.published(messages)
+            return depth
 
         return sending
 

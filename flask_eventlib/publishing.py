@@ -45,6 +45,13 @@ class Sender:
     :param linger: the least time between two messages: events arriving within ``linger`` of the
         last message wait for the next one, so under load each message carries many requests'
         events; after a quiet spell an event goes at once. :meth:`flush` cuts the wait short.
+    :param backlog_depth: how many messages waiting in the broker's queue (as ``send`` reports
+        it) mean that the workers are behind; then the sender waits ``backlog_linger`` instead of
+        ``linger`` between two messages, or until it has ``max_batch`` events, so the queue the
+        workers catch up on holds full messages (several times the events per second of one
+        request's each) and not a message per request. An event waiting then waits behind those
+        messages anyway. ``0``: never.
+    :param backlog_linger: the least time between two messages while the workers are behind.
     :param max_memory: the most events held in memory while the broker is down and there is no
         working spool; past that new events are dropped, counted and signalled. Default: the
         spool's ``max_events`` (100,000 without a spool).
@@ -73,6 +80,8 @@ class Sender:
         max_batch: int = 100,
         retry_interval: float = 1.0,
         linger: float = 0.0,
+        backlog_depth: int = 0,
+        backlog_linger: float = 0.5,
         max_memory: int | None = None,
         spool_retry_interval: float = 30.0,
         local_log: LocalLog | None = None,
@@ -88,6 +97,10 @@ class Sender:
         self.max_batch = max_batch
         self.retry_interval = retry_interval
         self.linger = linger
+        self.backlog_depth = backlog_depth
+        self.backlog_linger = backlog_linger
+        #: The last depth ``send`` reported was ``backlog_depth`` or more: the workers are behind.
+        self.behind = False
         self.max_memory = max_memory if max_memory is not None else (spool.max_events if spool else 100_000)
         self.spool_retry_interval = spool_retry_interval
         self.local_log = local_log
@@ -145,7 +158,10 @@ class Sender:
             elif time.monotonic() - self._waiting_since > self.stall_after:
                 self._report_stall()
             self._submitted += len(messages)
+            full = self.behind and self._submitted - self._done >= self.max_batch
         self._queue.put((messages, tickets or []))
+        if full:  # the workers are behind, and a full message waits: no need to linger for more
+            self._hurry.set()
 
     def _report_stall(self) -> None:
         """Say that the thread took no events for ``stall_after`` seconds, and where it is."""
@@ -316,13 +332,14 @@ class Sender:
                 except Exception:
                     logger.exception("flask-eventlib: the sender's tick (the console's figures) failed")
             timeout = min(timeout or self.tick_interval, self.tick_interval)
-        if self.linger and not self._backed_up:
+        linger = self.backlog_linger if self.behind else self.linger
+        if linger and not self._backed_up:
             # Right after a message, the linger is slept out before the queue is looked at: the
             # requests that end meanwhile do not wake the thread (each wake takes the GIL, and
             # the CPU, from the requests); they all go in the next message. After a quiet spell
             # the queue's first event still goes at once; after a full message (more waits) the
             # next goes at once too. A flush() cuts the wait short.
-            wait = self._last_send + self.linger - time.monotonic()
+            wait = self._last_send + linger - time.monotonic()
             if wait > 0:
                 self._hurry.wait(wait)
         try:
@@ -341,11 +358,11 @@ class Sender:
             return
         batch, tickets = list(first[0]), list(first[1])
         self._take_waiting(batch, tickets)
-        if self.linger and len(batch) < self.max_batch and not self._hurry.is_set():
+        if linger and len(batch) < self.max_batch and not self._hurry.is_set():
             # At most one message per `linger` seconds: events that come after a quiet spell
             # go at once; under load, those of the requests ending meanwhile join the next
             # message. Waiting on an Event, not the queue, so later submits don't wake the thread.
-            wait = self._last_send + self.linger - time.monotonic()
+            wait = self._last_send + linger - time.monotonic()
             if wait > 0:
                 self._hurry.wait(wait)
                 self._take_waiting(batch, tickets)
@@ -437,7 +454,26 @@ class Sender:
         # A fork waits until the publish is done: the child would copy the locks kombu, Celery
         # and redis-py hold meanwhile, held by a thread it does not have (see flask_eventlib.forks).
         with fork_waits():
-            self.send(batch)
+            depth = self.send(batch)
+        if isinstance(depth, int) and self.backlog_depth:
+            self._workers_behind(depth >= self.backlog_depth, depth)
+
+    def _workers_behind(self, behind: bool, depth: int) -> None:
+        if behind == self.behind:
+            return
+        self.behind = behind
+        if behind:
+            logger.info(
+                "flask-eventlib: %d messages wait in the broker's queue: the workers are behind; the sender now "
+                "fills its messages (up to %d events, or %gs)",
+                depth,
+                self.max_batch,
+                self.backlog_linger,
+            )
+        else:
+            logger.info(
+                "flask-eventlib: the workers have caught up (%d messages wait); the sender no longer lingers", depth
+            )
 
     def _spool_usable(self) -> bool:
         return self.spool is not None and time.monotonic() >= self._spool_usable_at

@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 from .sqlite import SQLiteFile, SQLiteFileError
 
-#: Publishes one list of encoded events as one broker message; raises when it cannot.
-Send = Callable[[list[str]], None]
+#: Publishes one list of encoded events as one broker message; raises when it cannot. It may
+#: return how many messages then wait in the broker's queue (``None``: not known), which tells
+#: the sender that the workers are behind (:class:`flask_eventlib.publishing.Sender`).
+Send = Callable[[list[str]], "int | None"]
 
 
 class SpoolFull(Exception):

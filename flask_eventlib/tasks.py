@@ -6,6 +6,7 @@ import base64
 import logging
 import os
 import socket
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,11 +196,20 @@ def retry_handler(task: Any, message: str, handler: str, attempt: int, first_fai
     _binding(task.app).retry(message, handler, attempt, first_failed_at)
 
 
-def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[list[str]], None]:
-    """A function that publishes a list of encoded events as one message, on a kept connection.
+#: Seconds between two looks at the queue's depth where the publish does not tell it (RabbitMQ,
+#: kombu's own Redis path): a passive declare on a channel of its own, after a publish.
+DEPTH_INTERVAL = 1.0
+
+
+def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[list[str]], int | None]:
+    """A function that publishes a list of encoded events as one message, on a kept connection,
+    and returns how many messages then wait in ``queue`` where it knows (``None`` where not).
 
     Meant for one thread (the sender's). It does not retry: a failure raises at once, so the
-    caller can spool the events instead of blocking.
+    caller can spool the events instead of blocking. The depth comes with every publish on plain
+    Redis (LPUSH answers it); elsewhere from a look at the queue at most every
+    :data:`DEPTH_INTERVAL` seconds, after the publish. A look that fails is not the publish's
+    failure: it answers ``None`` (the message is sent; spooling it too would send it twice).
 
     :param timeout: the longest wait for the broker. On Redis, for an answer: a broker that stops
         answering without closing the connection makes the publish fail (and the events go to
@@ -232,7 +242,7 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
         options.update(transport_options=transport_options, connect_timeout=timeout)
         publish_options.update(timeout=timeout, confirm_timeout=timeout)
 
-    def send(messages: list[str]) -> None:
+    def send(messages: list[str]) -> int | None:
         if kept.get("pid") != os.getpid():
             kept.clear()
         try:
@@ -268,11 +278,31 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
             if amqp and isinstance(exc, TimeoutError):  # py-amqp says only "timed out"
                 raise TimeoutError(f"no confirm from the broker within {timeout}s") from exc
             raise
+        now = time.monotonic()
+        if now < kept.get("next_look", 0.0):
+            return None
+        kept["next_look"] = now + DEPTH_INTERVAL
+        return _waiting_in(kept["conn"], queue)
 
     return send
 
 
-def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[list[str]], None] | None:
+def _waiting_in(conn: Any, queue: str) -> int | None:
+    """How many messages wait in ``queue``, by a passive declare on a channel of its own (a
+    refusal closes only that channel); ``None`` when the broker would not say."""
+    try:
+        channel = conn.channel()
+        try:
+            _, count, _ = channel.queue_declare(queue=queue, passive=True)
+        finally:
+            channel.close()
+        return int(count or 0)
+    except Exception:
+        logger.debug("Looking at the depth of the queue %r failed", queue, exc_info=True)
+        return None
+
+
+def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[list[str]], int | None] | None:
     """On a plain Redis broker, a ``send`` that writes the task message itself: one LPUSH on a
     kept connection, or ``None`` where kombu must do it (a failover list, TLS, a key prefix, other
     transport options this path does not know).
@@ -302,7 +332,7 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
     kept = resp.KeptConnection(client)
     origins: dict[int, str] = {}  # a forked child's tasks name it as their origin
 
-    def send(messages: list[str]) -> None:
+    def send(messages: list[str]) -> int | None:
         try:
             conn = kept.get()
             pid = this_process[0]
@@ -336,10 +366,11 @@ def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[
                 },
             }
             conn.send_packed_command([resp.pack("LPUSH", queue, orjson.dumps(envelope))], check_health=False)
-            conn.read_response()
+            depth = conn.read_response()  # the list's length with this message: what waits for the workers
         except Exception:
             kept.drop()  # nothing to drop when no connection could be made
             raise
+        return depth if isinstance(depth, int) else None
 
     return send
 

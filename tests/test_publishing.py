@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from flask import Flask
 from flask_eventlib import BaseEvent, EventLib, EventNotFound, SerializationError, ValidationError, flush, log, signals
 from flask_eventlib.publishing import Sender
 from flask_eventlib.spool import Spool
-from tests.conftest import REDIS_URL, ROOT, Records, wait_for
+from tests.conftest import AMQP_URL, REDIS_URL, ROOT, Records, wait_for
 from tests.faults import BROKEN_SQLITE, corrupt_sqlite_file, silent_server
 from tests.sample import create_app
 
@@ -337,6 +339,89 @@ def test_an_outage_of_single_requests_reaches_the_broker_in_full_messages(
         assert [json.loads(event)["data"]["deal_id"] for message in messages for event in message] == list(range(250))
     finally:
         redis_client.delete(queue, unused)
+
+
+def test_while_the_workers_are_behind_the_sender_fills_its_messages_and_stops_once_they_caught_up(
+    records: Records, tmp_path: Path, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No worker: the queue only grows. 5 messages waiting mean "behind" here (50 by default).
+    # Until then each request goes as its own message; then the sender lingers (30 s here, so
+    # a look can only see it still waiting) until it has a full message, and sends it without a
+    # flush; once the workers have caught up, requests go one by one again.
+    app, queue = make_queued_app(
+        records,
+        tmp_path,
+        EVENTLIB_PUBLISH_LINGER=0,
+        EVENTLIB_PUBLISH_BACKLOG_DEPTH=5,
+        EVENTLIB_PUBLISH_BACKLOG_LINGER=30,
+        EVENTLIB_MAX_EVENTS_PER_MESSAGE=30,
+    )
+    client = app.test_client()
+    caplog.set_level(logging.INFO, logger="flask_eventlib")
+    try:
+        for n in range(1, 6):  # each request's message is in the queue before the next request
+            assert client.post("/click/10").status_code == 204
+            wait_for(lambda n=n: redis_client.llen(queue) == n, timeout=10, what=f"message {n}")
+        sender = app.extensions["eventlib"].sender
+        # Said once the thread has read the answer to its LPUSH, which may be after the look above.
+        said = "5 messages wait in the broker's queue: the workers are behind"
+        wait_for(lambda: said in caplog.text, timeout=10, what="the sender to see the workers behind")
+        assert sender.behind
+        for _ in range(2):
+            assert client.post("/click/10").status_code == 204
+        assert redis_client.llen(queue) == 5  # 20 events wait for a full message, up to 30 s
+        assert client.post("/click/10").status_code == 204  # 30: a full message, sent without flush()
+        wait_for(lambda: redis_client.llen(queue) == 6, timeout=10, what="the full message")
+        assert [len(message) for message in queued_events(redis_client, queue)] == [10, 10, 10, 10, 10, 30]
+        redis_client.delete(queue)  # the workers caught up
+        assert client.post("/click/10").status_code == 204
+        with app.app_context():
+            assert flush()  # its message waited out the backlog's linger: the depth it saw says 1
+        assert not sender.behind
+        assert "the workers have caught up (1 messages wait)" in caplog.text
+        assert client.post("/click/10").status_code == 204  # sent on its own, without flush()
+        wait_for(lambda: redis_client.llen(queue) == 2, timeout=10, what="a request's message, at once")
+        assert [len(message) for message in queued_events(redis_client, queue)] == [10, 10]
+    finally:
+        redis_client.delete(queue)
+
+
+def test_without_a_backlog_depth_the_sender_never_lingers_for_a_deep_queue(
+    records: Records, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    app, queue = make_queued_app(records, tmp_path, EVENTLIB_PUBLISH_LINGER=0, EVENTLIB_PUBLISH_BACKLOG_DEPTH=0)
+    redis_client.lpush(queue, *[b"waiting"] * 100)  # a queue far behind; no message needs reading here
+    try:
+        for n in range(101, 104):
+            assert app.test_client().post("/click/10").status_code == 204
+            wait_for(lambda n=n: redis_client.llen(queue) == n, timeout=10, what=f"message {n}, without flush()")
+        assert not app.extensions["eventlib"].sender.behind
+    finally:
+        redis_client.delete(queue)
+
+
+def test_on_rabbitmq_the_send_tells_the_depth_of_the_queue_at_most_once_a_second() -> None:
+    from flask_eventlib.tasks import DEPTH_INTERVAL, create_celery, make_send, queue_depth
+
+    queue = f"eventlib-test-depth-{uuid.uuid4().hex[:8]}"
+    celery = create_celery("depth", broker_url=AMQP_URL, queue=queue, settings={})
+    # The send keeps its connection as long as it lives (a sender's: the process's life).
+    sends = [make_send(celery, queue)]
+    try:
+        started = time.monotonic()
+        seen = [sends[0](["a"]), sends[0](["b"]), sends[0](["c"])]
+        if time.monotonic() - started < DEPTH_INTERVAL:
+            assert seen == [1, None, None]  # a look after the first publish only: the broker confirmed it
+        wait_for(lambda: sends[0](["d"]) is not None, timeout=10, what="a later look")
+        assert queue_depth(celery, queue) >= 4
+    finally:
+        with celery.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+        with warnings.catch_warnings():
+            # Dropped here, py-amqp's socket is closed by the collector, which warns.
+            warnings.simplefilter("ignore", ResourceWarning)
+            sends.clear()
+            gc.collect()
 
 
 def test_the_sender_spools_while_the_broker_fails_and_drains_in_order(tmp_path: Path) -> None:

@@ -200,14 +200,29 @@ def request_work(app: Flask, requests: int) -> RequestWork:
     return work
 
 
-def preload_events(app: Flask, events: int, per_message: int = PER_REQUEST) -> int:
+def preload_events(app: Flask, events: int, per_message: int = PER_REQUEST, pace: float | None = None) -> int:
     """Log ``events`` events in requests of 10, publishing each request's events as one message
     (as at a modest request rate), or those of ``per_message // 10`` requests together (as the
     sender does under load: one message for the events of the requests that ended meanwhile, at
-    most ``EVENTLIB_MAX_EVENTS_PER_MESSAGE``); return the messages."""
+    most ``EVENTLIB_MAX_EVENTS_PER_MESSAGE``); return the messages.
+
+    :param pace: instead, a request every ``pace`` seconds and no ``flush()``: the sender makes
+        the messages as it would for an app at that rate (``per_message`` is not used); the
+        returned count is then only an estimate (the queue's length tells).
+    """
     call = Direct(app)
     state = app.extensions["eventlib"]
     requests = max(1, per_message // PER_REQUEST)
+    if pace is not None:
+        due = time.perf_counter()
+        for _ in range(events // PER_REQUEST):
+            due += pace
+            call(f"/log/{PER_REQUEST}")
+            left = due - time.perf_counter()
+            if left > 0:
+                time.sleep(left)  # the app's pace, not a wait for work
+        _flush(app)
+        return events // PER_REQUEST
     for done in range(1, events // PER_REQUEST + 1):
         call(f"/log/{PER_REQUEST}")
         if done % requests == 0:

@@ -48,7 +48,7 @@ class Sizes:
     down_requests: int  #: 6: requests of 10 log() calls with the broker down
     rounds: int = 5  #: 1, 2, 6: rounds whose ratios give each row's median and spread
     http_blocks: int = 20  #: 2, time to response: blocks of requests of each kind, taking turns
-    worker_rounds: int = 3  #: 3: rounds of (raw, dedup on, dedup off, a write per event, ceiling) workers
+    worker_rounds: int = 3  #: 3: rounds of (raw, each of ours, ceiling) workers
 
 
 FULL = Sizes(
@@ -250,34 +250,57 @@ def bench_request(run: Run) -> None:
     run.step("2. a request logging 10 events: total work (in process)", [work], in_process)
 
 
+#: 3: the pace of the app filling the queue, a request of 10 events every ``PACE`` seconds, and
+#: its sender's linger: 10 times an app at 50 requests a second with the default 20 ms linger,
+#: whose sender sends each request's events alone while the workers keep up.
+PACE = 0.002
+PACED_LINGER = 0.001
+
+
 def bench_worker(run: Run) -> None:
     """3. Events per second through a real worker, against raw Celery tasks one per event."""
-    dedup = _row("3a", "worker events/s, dedup on, vs raw Celery, 1 task per event", Target(6.0, at_most=False))
-    no_dedup = _row("3b", "worker events/s, dedup off, vs raw Celery, 1 task per event")
+    shape = "the queue an app at a modest rate fills while the workers are down"
+    dedup = _row(
+        "3a", f"worker events/s, dedup on, vs raw Celery, 1 task per event: {shape}", Target(6.0, at_most=False)
+    )
+    no_dedup = _row("3b", f"worker events/s, dedup off, vs raw Celery, 1 task per event: {shape}")
     ceiling = _row(
         "3c",
-        "ceiling: raw Celery, 1 task per 10 events (only their side effects), acks late and prefetch 1, "
+        "ceiling of 3f: raw Celery, 1 task per 10 events (only their side effects), acks late and prefetch 1, "
         "vs 1 task per event",
     )
     strict = _row(
         "3d",
         "worker events/s, dedup on with each event's marks written as it ends "
-        "(`EVENTLIB_DEDUP_MARK_INTERVAL = 0`), vs raw Celery, 1 task per event",
+        f"(`EVENTLIB_DEDUP_MARK_INTERVAL = 0`), vs raw Celery, 1 task per event: {shape}",
     )
     full = _row(
         "3e",
         "worker events/s, dedup on, messages of 100 events (the sender's largest, what it sends under load), "
         "vs raw Celery, 1 task per event",
     )
-    dedup.bound = no_dedup.bound = ceiling
+    single = _row(
+        "3f",
+        "worker events/s, dedup on, vs raw Celery, 1 task per event: 3a's app with the backlog linger off "
+        "(`EVENTLIB_PUBLISH_BACKLOG_DEPTH = 0`): a message per request",
+    )
+    single.bound = ceiling
     sizes = run.sizes
 
     def body() -> None:
         timeout = 60 + sizes.worker_events / 100
 
         def measure(
-            name: str, events: int, raw: bool, per_task: int = 1, per_message: int = 10, **extra: Any
+            name: str,
+            events: int,
+            raw: bool,
+            per_task: int = 1,
+            per_message: int = 10,
+            pace: float | None = None,
+            **extra: Any,
         ) -> workers.Throughput:
+            if pace is not None:
+                extra = {"EVENTLIB_PUBLISH_LINGER": PACED_LINGER, **extra}
             config = run.config(name, **extra)
             log_path = run.folder / f"{name}.log"
             return workers.throughput(
@@ -289,21 +312,23 @@ def bench_worker(run: Run) -> None:
                 timeout=timeout,
                 per_task=per_task,
                 per_message=per_message,
+                pace=pace,
             )
 
-        # Rounds of (raw, dedup on, dedup off, a write per event, ceiling): each round's ratios compare workers that ran
+        # Rounds of (raw, each of ours, ceiling): each round's ratios compare workers that ran
         # side by side, so a drift of the machine touches both sides of a ratio alike.
         raws: list[float] = []
         ceilings: list[float] = []
-        ours: dict[str, list[workers.Throughput]] = {"dedup": [], "nodedup": [], "strict": [], "full": []}
+        ours: dict[str, list[workers.Throughput]] = {"dedup": [], "nodedup": [], "strict": [], "full": [], "single": []}
         for number in range(1, sizes.worker_rounds + 1):
             raws.append(measure(f"worker-raw-{number}", sizes.raw_events, raw=True).per_second)
             for name, settings in (
                 ("dedup", {}),  # the defaults
                 ("nodedup", {"EVENTLIB_DEDUP_TTL": 0}),
                 ("strict", {"EVENTLIB_DEDUP_MARK_INTERVAL": 0}),
+                ("single", {"EVENTLIB_PUBLISH_BACKLOG_DEPTH": 0}),
             ):
-                got = measure(f"worker-{name}-{number}", sizes.worker_events, raw=False, **settings)
+                got = measure(f"worker-{name}-{number}", sizes.worker_events, raw=False, pace=PACE, **settings)
                 ours[name].append(got)
             ours["full"].append(measure(f"worker-full-{number}", sizes.worker_events, raw=False, per_message=100))
             batched = measure(
@@ -312,10 +337,17 @@ def bench_worker(run: Run) -> None:
             ceilings.append(batched.per_second)
         raw = median(raws)
         base = f"{raw:,.0f}/s ({sizes.worker_rounds} runs of {sizes.raw_events} tasks)"
-        for row, name in ((dedup, "dedup"), (no_dedup, "nodedup"), (strict, "strict"), (full, "full")):
+        for row, name in (
+            (dedup, "dedup"),
+            (no_dedup, "nodedup"),
+            (strict, "strict"),
+            (full, "full"),
+            (single, "single"),
+        ):
             measured = ours[name]
             per_second = median([m.per_second for m in measured])
-            per_message = measured[0].events // max(1, measured[0].messages)
+            shapes = sorted(round(m.events / max(1, m.messages)) for m in measured)
+            per_message = f"{shapes[0]}" if shapes[0] == shapes[-1] else f"{shapes[0]} to {shapes[-1]}"
             ours_text = f"{per_second:,.0f}/s ({measured[0].events} events, {per_message} per message)"
             row.fill_rounds(ours_text, base, [m.per_second / r for m, r in zip(measured, raws, strict=True)])
         ceiling.fill_rounds(
@@ -327,10 +359,14 @@ def bench_worker(run: Run) -> None:
             f"3: `celery worker --pool=prefork --concurrency={workers.CONCURRENCY}` on both sides, the queue "
             "filled first, timed from the first handler run to the last; each handler and each raw task does "
             "one Redis INCR. flask-eventlib's worker runs its crash-safe settings (acks late, prefetch 1); the "
-            "raw one Celery's defaults, but for 3c's (raw tasks of 10 events each), which has flask-eventlib's."
+            "raw one Celery's defaults, but for 3c's (raw tasks of 10 events each), which has flask-eventlib's. "
+            f"3a, 3b, 3d and 3f: the app filling the queue logs a request of 10 events every {PACE * 1000:g} ms "
+            f"with its linger at {PACED_LINGER * 1000:g} ms (10 times an app at 50 requests/s with the default "
+            "20 ms), and its sender makes the messages: one per request until 50 wait in the queue, then full "
+            "ones (3f: one per request throughout)."
         )
 
-    run.step("3. worker throughput (real workers)", [dedup, no_dedup, ceiling, strict, full], body)
+    run.step("3. worker throughput (real workers)", [dedup, no_dedup, ceiling, strict, full, single], body)
 
 
 def bench_ingest(run: Run) -> None:

@@ -43,6 +43,7 @@ def throughput(
     worker_config: dict[str, Any] | None = None,
     per_task: int = 1,
     per_message: int = 10,
+    pace: float | None = None,
 ) -> Throughput:
     """Fill the queue with ``events`` events (ours: 10 per message; raw: one task each), then start
     a worker and time it from the first handler run to the last (both stored by the handler).
@@ -50,6 +51,8 @@ def throughput(
     :param worker_config: settings of the worker only (the process that fills the queue has not them).
     :param per_task: raw: events per task (the raw batch task, when more than one).
     :param per_message: ours: events per message (10: a request's; up to the sender's 100).
+    :param pace: ours, instead: a request of 10 events every ``pace`` seconds, and the messages
+        the sender makes of them (:func:`bench.inprocess.preload_events`).
     """
     config = {**config, "BENCH_TOTAL": events}
     key = config["BENCH_KEY"]
@@ -58,7 +61,7 @@ def throughput(
         preload_raw(app, events, per_task)
         queue = config["BENCH_RAW_QUEUE"]
     else:
-        preload_events(app, events, per_message)
+        preload_events(app, events, per_message, pace)
         queue = config["EVENTLIB_QUEUE"]
     messages = int(client.llen(queue))
     worker = celery_worker(

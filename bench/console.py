@@ -63,9 +63,9 @@ def bench_console(run: Any) -> None:
         )
         workers.fill_cpu_row(worker_cpu, spent[True], spent[False], "figures off", lambda _: f"median of {rounds} runs")
         run.report.notes.append(
-            f"9a: {rounds} rounds of the same worker as 3a (prefork, {workers.CONCURRENCY} children, the queue filled "
-            "first), `EVENTLIB_CONSOLE_FIGURES` off then on (the order alternating); the ratio is the median of the "
-            f"rounds' on/off ratios, which ranged {min(ratios):.3f}-{max(ratios):.3f}."
+            f"9a: {rounds} rounds of the same worker as 3f (prefork, {workers.CONCURRENCY} children, the queue filled "
+            "first with a message per request), `EVENTLIB_CONSOLE_FIGURES` off then on (the order alternating); "
+            f"the ratio is the median of the rounds' on/off ratios, which ranged {min(ratios):.3f}-{max(ratios):.3f}."
         )
 
     def in_process() -> None:

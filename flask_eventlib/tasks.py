@@ -197,7 +197,7 @@ def retry_handler(task: Any, message: str, handler: str, attempt: int, first_fai
 
 
 #: Seconds between two looks at the queue's depth where the publish does not tell it (RabbitMQ,
-#: kombu's own Redis path): a passive declare on a channel of its own, after a publish.
+#: kombu's own Redis path): a look on a channel of its own, after a publish.
 DEPTH_INTERVAL = 1.0
 
 
@@ -288,12 +288,21 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
 
 
 def _waiting_in(conn: Any, queue: str) -> int | None:
-    """How many messages wait in ``queue``, by a passive declare on a channel of its own (a
-    refusal closes only that channel); ``None`` when the broker would not say."""
+    """How many messages wait in ``queue``, asked on a channel of its own (a refusal closes only
+    that channel); ``None`` when the broker would not say.
+
+    kombu's own transports on other stores (Redis, the filesystem) count the queue itself: their
+    passive declare first looks for its bindings, which it misses on Redis with a
+    ``global_keyprefix``. A broker (RabbitMQ) answers a passive declare.
+    """
     try:
         channel = conn.channel()
         try:
-            _, count, _ = channel.queue_declare(queue=queue, passive=True)
+            size = getattr(channel, "_size", None)
+            if callable(size):
+                count = size(queue)
+            else:
+                _, count, _ = channel.queue_declare(queue=queue, passive=True)
         finally:
             channel.close()
         return int(count or 0)

@@ -406,8 +406,10 @@ def test_without_a_backlog_depth_the_sender_never_lingers_for_a_deep_queue(
         (AMQP_URL, {}),
         # A transport option the direct Redis path does not know: kombu's own Redis path publishes.
         (REDIS_URL, {"broker_transport_options": {"fanout_prefix": True}}),
+        # Keys under a prefix, where kombu's own passive declare finds no queue.
+        (REDIS_URL, {"broker_transport_options": {"global_keyprefix": "eventlib-test-prefix:"}}),
     ],
-    ids=["rabbitmq", "redis-through-kombu"],
+    ids=["rabbitmq", "redis-through-kombu", "redis-with-a-key-prefix"],
 )
 def test_where_the_publish_does_not_tell_the_depth_a_look_at_most_once_a_second_does(
     broker_url: str, settings: dict[str, Any], redis_client: redis.Redis
@@ -439,6 +441,9 @@ def test_where_the_publish_does_not_tell_the_depth_a_look_at_most_once_a_second_
                 conn.default_channel.queue_delete(queue)
         else:
             forget_queue(redis_client, queue)
+            prefixed = list(redis_client.scan_iter(f"eventlib-test-prefix:*{queue}"))
+            if prefixed:
+                redis_client.delete(*prefixed)
         with warnings.catch_warnings():
             # Dropped here, py-amqp's socket is closed by the collector, which warns.
             warnings.simplefilter("ignore", ResourceWarning)

@@ -289,23 +289,13 @@ def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[lis
 
 def _waiting_in(conn: Any, queue: str) -> int | None:
     """How many messages wait in ``queue``, asked on a channel of its own (a refusal closes only
-    that channel); ``None`` when the broker would not say.
-
-    kombu's own transports on other stores (Redis, the filesystem) count the queue itself: their
-    passive declare first looks for its bindings, which it misses on Redis with a
-    ``global_keyprefix``. A broker (RabbitMQ) answers a passive declare.
-    """
+    that channel); ``None`` when the broker would not say."""
     try:
         channel = conn.channel()
         try:
-            size = getattr(channel, "_size", None)
-            if callable(size):
-                count = size(queue)
-            else:
-                _, count, _ = channel.queue_declare(queue=queue, passive=True)
+            return _count(channel, queue)
         finally:
             channel.close()
-        return int(count or 0)
     except Exception:
         logger.debug("Looking at the depth of the queue %r failed", queue, exc_info=True)
         return None
@@ -432,8 +422,6 @@ def _consume(celery: Celery, queue: str) -> None:
 def queue_depth(celery: Celery, queue: str, timeout: float = 2.0) -> int:
     """How many messages wait in ``queue`` on ``celery``'s broker (0 for a queue not made yet).
 
-    A passive declare, which every kombu transport answers (RabbitMQ, Redis, the filesystem).
-
     :raises Exception: the broker's, when it cannot be reached within ``timeout`` seconds.
     """
     from kombu.exceptions import ChannelError
@@ -441,14 +429,30 @@ def queue_depth(celery: Celery, queue: str, timeout: float = 2.0) -> int:
     with celery.connection_for_read(connect_timeout=timeout) as conn:
         conn.ensure_connection(max_retries=0)
         try:
-            _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
+            return _count(conn.default_channel, queue)
         except ChannelError:
             return 0  # no such queue yet: nothing was ever sent to it, or it was emptied and removed
         except Exception as exc:  # RabbitMQ's NotFound closes the channel: the same answer
             if getattr(exc, "code", None) == 404:
                 return 0
             raise
-        return int(count or 0)
+
+
+def _count(channel: Any, queue: str) -> int:
+    """The messages waiting in ``queue``, asked on ``channel``.
+
+    kombu's own transports on other stores (Redis, the filesystem) count the queue itself: their
+    passive declare first looks for its bindings, which it misses on Redis with a
+    ``global_keyprefix``. A broker (RabbitMQ) answers a passive declare.
+
+    :raises Exception: the broker's; a 404 (``ChannelError`` on kombu's transports) for a queue
+        that is not there.
+    """
+    size = getattr(channel, "_size", None)
+    if callable(size):
+        return int(size(queue) or 0)
+    _, count, _ = channel.queue_declare(queue=queue, passive=True)
+    return int(count or 0)
 
 
 #: Per Celery app: what to call in each worker process of it that runs tasks, when it starts and

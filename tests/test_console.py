@@ -394,13 +394,18 @@ def test_the_worker_start_hook_runs_in_the_process_that_runs_tasks() -> None:
     assert started == ["solo"]
 
 
-def test_the_queue_depth_is_read_from_the_broker(redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"broker_transport_options": {"global_keyprefix": "eventlib-test-prefix:"}}],
+    ids=["plain", "with-a-key-prefix"],
+)
+def test_the_queue_depth_is_read_from_the_broker(redis_client: redis.Redis, settings: dict[str, Any]) -> None:
     import uuid
 
     from flask_eventlib.tasks import create_celery, queue_depth
 
     queue = f"eventlib-test-depth-{uuid.uuid4().hex[:8]}"
-    celery = create_celery("depth", broker_url=REDIS_URL, queue=queue, settings={})
+    celery = create_celery("depth", broker_url=REDIS_URL, queue=queue, settings=settings)
     try:
         assert queue_depth(celery, queue) == 0  # not made yet
         with celery.connection_for_write() as conn:
@@ -412,7 +417,7 @@ def test_the_queue_depth_is_read_from_the_broker(redis_client: redis.Redis) -> N
         with pytest.raises(Exception):  # noqa: B017 - the broker's own error, whatever its kind
             queue_depth(dead, queue, timeout=0.5)
     finally:
-        redis_client.delete(queue)
+        redis_client.delete(queue, *redis_client.scan_iter(f"*{queue}"))
 
 
 # -- the chart and the script -----------------------------------------------------------------------

@@ -48,8 +48,8 @@ class Sender:
     :param backlog_depth: how many messages waiting in the broker's queue (as ``send`` reports
         it) mean that the workers are behind; then the sender waits ``backlog_linger`` instead of
         ``linger`` between two messages, or until it has ``max_batch`` events, so the queue the
-        workers catch up on holds full messages (several times the events per second of one
-        request's each) and not a message per request. An event waiting then waits behind those
+        workers catch up on holds full messages, which they run faster than a message per
+        request (each message has a cost of its own). An event waiting then waits behind those
         messages anyway. ``0``: never.
     :param backlog_linger: the least time between two messages while the workers are behind.
     :param max_memory: the most events held in memory while the broker is down and there is no
@@ -472,7 +472,9 @@ class Sender:
             )
         else:
             logger.info(
-                "flask-eventlib: the workers have caught up (%d messages wait); the sender no longer lingers", depth
+                "flask-eventlib: the workers have caught up (%d messages wait); the sender is back to its %gs linger",
+                depth,
+                self.linger,
             )
 
     def _spool_usable(self) -> bool:

@@ -692,6 +692,7 @@ class Figures:
         if waiting is not None:
             ages = [t for t in map(logged_at_of, waiting.oldest) if t is not None]
             beat.update(queued=waiting.queued, memory=waiting.memory, spool=waiting.spool, local_log=waiting.local_log)
+            beat["behind"] = bool(getattr(waiting, "behind", False))
             beat["oldest"] = min(ages) if ages else None
         return f"{self.process}:{self.app_name}", json.dumps(beat, separators=(",", ":"))
 

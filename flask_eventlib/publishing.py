@@ -267,7 +267,7 @@ class Sender:
             logged = self.local_log.pending()
             first = self.local_log.oldest() if logged else None
             oldest += [first] if first else []
-        return Waiting(queued, len(self._backlog), spooled, logged, oldest)
+        return Waiting(queued, len(self._backlog), spooled, logged, oldest, self.behind)
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == this_process[0]:  # on every hand-over: no os.getpid() call
@@ -574,6 +574,8 @@ class Waiting:
     local_log: int  #: in this process's local log (including those queued)
     #: The oldest encoded event of each place that holds any (memory, spool, local log).
     oldest: list[str]
+    #: The workers are behind: the sender fills its messages (:attr:`Sender.behind`).
+    behind: bool = False
 
 
 #: The senders whose thread runs in this process, told to finish at interpreter exit.

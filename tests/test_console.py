@@ -253,6 +253,24 @@ def test_the_overview_counts_what_the_events_did(app: Flask, client: FlaskClient
     assert web["logged"] == 4 and web["role"] == "web"
 
 
+def test_a_web_process_whose_sender_fills_its_messages_is_shown_so(app: Flask, client: FlaskClient) -> None:
+    state = state_of(app)
+    assert state.figures is not None and state.sender is not None
+
+    def row() -> str:
+        state.figures.tick(state.sender)
+        shown = client.get("/eventlib/").data.decode()
+        table = re.search(r'<table id="web-processes">(.*?)</table>', shown, flags=re.S)
+        assert table
+        return table.group(1)
+
+    log_in(app, "deals.DealClick", {"deal_id": 1})
+    assert 'data-figure="behind"' not in row()
+    state.sender.behind = True  # what a publish that saw 50 messages waiting sets
+    log_in(app, "deals.DealClick", {"deal_id": 2})  # something new: the next tick writes a heartbeat
+    assert re.search(r'data-figure="behind"[^>]*>filling<', row())
+
+
 def test_without_figures_the_pages_say_so(records: Records) -> None:
     client = console_app(records, EVENTLIB_CONSOLE_FIGURES=False).test_client()
     assert "gathers no figures" in text(client.get("/eventlib/").data)

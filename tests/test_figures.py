@@ -400,6 +400,19 @@ def test_a_web_processs_heartbeat_says_what_waits_where_and_since_when(tmp_path:
     assert (beat["role"], beat["spool"], beat["queued"], beat["memory"], beat["local_log"]) == ("web", 2, 0, 0, 0)
     assert beat["oldest"] == dt.datetime(2027, 1, 15, 8, tzinfo=dt.UTC).timestamp()
     assert beat["app"] == "shop" and beat["pid"] == figures.pid
+    assert beat["behind"] is False
+
+
+def test_a_web_processs_heartbeat_says_that_its_sender_fills_its_messages_while_the_workers_are_behind() -> None:
+    sink, clock = MemorySink(), Clock()
+    figures = gathered(sink, clock)
+    sender = Sender(lambda batch: 60, backlog_depth=50)  # the broker says: 60 messages wait
+    figures.logged_event(event())  # a web process beats once it logged
+    sender.submit(["an event"])
+    assert sender.flush(5)
+    figures.tick(sender)
+    (beat,) = sink.processes(clock.now)
+    assert beat["behind"] is True
 
 
 def test_the_senders_thread_ticks_about_once_a_second_without_events() -> None:

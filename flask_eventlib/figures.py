@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from . import signals
+from .spool import Send
 from .sqlite import SQLiteFile
 from .store import RedisStore, SQLiteStore, Store
 
@@ -586,7 +587,7 @@ class Figures:
 
     # -- the web process's side: what it published -------------------------------------------
 
-    def wrap_send(self, send: Callable[[list[str]], int | None]) -> Callable[[list[str]], int | None]:
+    def wrap_send(self, send: Send) -> Send:
         """``send``, which also traces when the events it published left (within the trace cap)."""
 
         def sending(messages: list[str]) -> int | None:
@@ -692,7 +693,7 @@ class Figures:
         if waiting is not None:
             ages = [t for t in map(logged_at_of, waiting.oldest) if t is not None]
             beat.update(queued=waiting.queued, memory=waiting.memory, spool=waiting.spool, local_log=waiting.local_log)
-            beat["behind"] = bool(getattr(waiting, "behind", False))
+            beat["behind"] = waiting.behind
             beat["oldest"] = min(ages) if ages else None
         return f"{self.process}:{self.app_name}", json.dumps(beat, separators=(",", ":"))
 

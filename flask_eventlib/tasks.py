@@ -23,6 +23,7 @@ from .config import mask_url
 from .exceptions import ConfigurationError
 from .forks import this_process
 from .ids import new_event_id
+from .spool import Send
 
 logger = logging.getLogger("flask_eventlib")
 
@@ -201,7 +202,7 @@ def retry_handler(task: Any, message: str, handler: str, attempt: int, first_fai
 DEPTH_INTERVAL = 1.0
 
 
-def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Callable[[list[str]], int | None]:
+def make_send(celery: Celery, queue: str, timeout: float = 2.0) -> Send:
     """A function that publishes a list of encoded events as one message, on a kept connection,
     and returns how many messages then wait in ``queue`` where it knows (``None`` where not).
 
@@ -301,7 +302,7 @@ def _waiting_in(conn: Any, queue: str) -> int | None:
         return None
 
 
-def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Callable[[list[str]], int | None] | None:
+def _direct_redis_send(celery: Celery, queue: str, timeout: float) -> Send | None:
     """On a plain Redis broker, a ``send`` that writes the task message itself: one LPUSH on a
     kept connection, or ``None`` where kombu must do it (a failover list, TLS, a key prefix, other
     transport options this path does not know).
